@@ -1,0 +1,158 @@
+"""The reconstruction methods, one registry, one contract.
+
+Every method minimises (or, for ``zero-filled``, stands in for)
+
+    1/(2 sigma^2) ||A x - y||^2 + lam R(x)
+
+and is a :class:`Method`: a name, a default number of iterations, an automatic ``lam`` rule
+and a ``solve`` that returns a generator of :class:`~napari_genreg.solvers.SolverState` whose
+objective is in exactly these units. Solvers work internally on the equivalent
+``1/2 ||A x - y||^2 + mu R(x)`` with ``mu = sigma^2 lam`` and report the objective scaled back.
+
+Automatic weights (see ``benchmarks/lambda_rule.py`` for the measurement behind the constants):
+``mu = c_R * sigma``, i.e. ``lam = c_R / sigma``, with ``sigma`` the problem's noise level
+(never below :data:`~napari_genreg.recon.problem.NOISE_FLOOR` times the image scale). Both TV and
+the wavelet l1 norm are 1-homogeneous, so a weight proportional to the noise standard deviation
+keeps the balance between data and prior fixed as the image is rescaled, and as the noise grows
+the prior's share grows with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from napari_genreg.physics.operators import Compose, Crop
+from napari_genreg.recon.problem import Problem
+from napari_genreg.regularizers.functionals import SquaredDistance
+from napari_genreg.regularizers.tv import GRADIENT, GRADIENT_NORM_SQUARED, tv_norm
+from napari_genreg.regularizers.wavelet import WaveletL1
+from napari_genreg.solvers import SolverState, conjugate_gradient, fista, pdhg
+
+#: ``c_R`` of the automatic rule ``lam = c_R / sigma`` (measured: benchmarks/lambda_rule.py).
+LAMBDA_CONSTANTS = {"tv": 1.0, "wavelet": 1.0}
+
+Solve = Callable[[Problem, float], Iterator[SolverState]]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A reconstruction method.
+
+    Attributes
+    ----------
+    name
+        The CLI name.
+    description
+        One line for help texts and the GUI.
+    default_iterations
+        Iterations when the caller gives none.
+    solve
+        ``(problem, lam) -> iterator of states``; never stops by itself (except methods with a
+        closed form, which yield once).
+    auto_lam
+        ``problem -> lam``, or ``None`` for methods without a regularisation weight.
+    """
+
+    name: str
+    description: str
+    default_iterations: int
+    solve: Solve
+    auto_lam: Callable[[Problem], float] | None = None
+
+    @property
+    def has_lam(self) -> bool:
+        return self.auto_lam is not None
+
+
+def _data_scale(problem: Problem) -> float:
+    return 1.0 / problem.noise_sigma**2
+
+
+def _op_norm_squared(problem: Problem) -> float:
+    """An upper bound on ``||A||^2``: 1 for one coil, ``max_pixel sum_c |s_c|^2`` for SENSE."""
+    if problem.maps is None:
+        return 1.0
+    return float(problem.maps.abs().square().sum(dim=0).max())
+
+
+def _zero_filled(problem: Problem, lam: float) -> Iterator[SolverState]:
+    x = problem.zero_filled()
+    value = 0.5 * (problem.op(x) - problem.y).abs().square().sum()
+    yield SolverState(1, x, _data_scale(problem) * float(value))
+
+
+def _least_squares(problem: Problem, lam: float) -> Iterator[SolverState]:
+    rhs = problem.zero_filled()
+    offset = 0.5 * float(problem.y.abs().square().sum())
+    scale = _data_scale(problem)
+    for state in conjugate_gradient(problem.op.normal, rhs, offset=offset):
+        yield state._replace(objective=scale * state.objective)
+
+
+def _tv(problem: Problem, lam: float) -> Iterator[SolverState]:
+    mu = lam * problem.noise_sigma**2
+    lipschitz = (_op_norm_squared(problem) + GRADIENT_NORM_SQUARED) ** 0.5
+    step = 0.99 / lipschitz
+    terms = [(problem.op, SquaredDistance(problem.y)), (GRADIENT, tv_norm(mu))]
+    yield from pdhg(terms, problem.zero_filled(), tau=step, sigma=step, scale=_data_scale(problem))
+
+
+WAVELET_BLOCK = 16  # images are padded to a multiple of 2**4: four decomposition levels
+
+
+def _wavelet(problem: Problem, lam: float) -> Iterator[SolverState]:
+    mu = lam * problem.noise_sigma**2
+    h, w = problem.shape
+    padded = (-(-h // WAVELET_BLOCK) * WAVELET_BLOCK, -(-w // WAVELET_BLOCK) * WAVELET_BLOCK)
+    crop = Crop(padded, (h, w))
+    op = Compose((problem.op, crop)) if padded != (h, w) else problem.op
+    prior = WaveletL1(padded, mu)
+    x0 = crop.adjoint(problem.zero_filled())
+    states = fista(
+        op,
+        problem.y,
+        prior.prox,
+        prior.value,
+        x0,
+        step=1.0 / _op_norm_squared(problem),
+        scale=_data_scale(problem),
+    )
+    for state in states:
+        yield state._replace(x=crop(state.x))
+
+
+def _constant_rule(name: str) -> Callable[[Problem], float]:
+    def rule(problem: Problem) -> float:
+        return LAMBDA_CONSTANTS[name] / problem.noise_sigma
+
+    rule.__doc__ = f"lam = {LAMBDA_CONSTANTS[name]} / sigma"
+    return rule
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("zero-filled", "inverse FFT of the zero-filled k-space (A^H y)", 1, _zero_filled),
+        Method(
+            "least-squares",
+            "least squares by conjugate gradients (CG-SENSE for several coils)",
+            20,
+            _least_squares,
+        ),
+        Method(
+            "tv",
+            "isotropic total variation, primal-dual hybrid gradient",
+            200,
+            _tv,
+            _constant_rule("tv"),
+        ),
+        Method(
+            "wavelet",
+            "l1 norm of orthonormal Daubechies-4 wavelet details, FISTA",
+            100,
+            _wavelet,
+            _constant_rule("wavelet"),
+        ),
+    )
+}

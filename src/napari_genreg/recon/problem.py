@@ -1,0 +1,171 @@
+"""From loaded data to a reconstruction problem: mask, operator, measurements, scale, noise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from napari_genreg.io.records import KSpaceData
+from napari_genreg.physics.coils import lowres_maps, rss
+from napari_genreg.physics.fft import ifft2c
+from napari_genreg.physics.noise import estimate_noise_sigma
+from napari_genreg.physics.operators import LinearOperator, masked_fourier, sense
+
+#: The smallest noise level assumed, relative to the image scale: it keeps the objective's
+#: ``1 / sigma^2`` finite on noiseless (simulated) data and the automatic weights away from 0.
+NOISE_FLOOR = 0.005
+
+
+@dataclass(frozen=True, eq=False)
+class Problem:
+    """One slice to reconstruct: ``y = A x + n``.
+
+    Attributes
+    ----------
+    op
+        ``A``: :func:`~napari_genreg.physics.operators.masked_fourier` for one coil,
+        :func:`~napari_genreg.physics.operators.sense` for several.
+    y
+        Measured k-space with zeros where not sampled, shape ``(ky, kx)`` or ``(C, ky, kx)``.
+    mask
+        bool ``(ky, kx)``: the sampling pattern used.
+    noise_sigma
+        ``sigma`` of the objective ``1/(2 sigma^2) ||A x - y||^2 + lam R(x)``, in k-space
+        units: the known or estimated noise level, at least ``NOISE_FLOOR * scale``.
+    scale
+        The image's intensity scale: the 99th percentile of the zero-filled magnitude.
+    reference
+        float32 ``(H, W)`` magnitude reference, or ``None``.
+    maps
+        complex ``(C, H, W)`` coil sensitivities, or ``None`` for single-coil data.
+    retrospective
+        True when ``mask`` was applied to fully sampled data here; False when the data came
+        undersampled with its own mask.
+    """
+
+    op: LinearOperator
+    y: torch.Tensor
+    mask: np.ndarray
+    noise_sigma: float
+    scale: float
+    reference: np.ndarray | None
+    maps: torch.Tensor | None
+    retrospective: bool
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.mask.shape)  # type: ignore[return-value]
+
+    @property
+    def device(self) -> torch.device:
+        return self.y.device
+
+    @property
+    def noise_relative(self) -> float:
+        """``noise_sigma / scale``: the noise level on images scaled to about [0, 1]."""
+        return self.noise_sigma / self.scale
+
+    def zero_filled(self) -> torch.Tensor:
+        """``A^H y``: the zero-filled (coil-combined) complex image, ``(H, W)``."""
+        return self.op.adjoint(self.y)
+
+
+def calibration_box(mask: np.ndarray) -> tuple[int, int]:
+    """The largest centred, fully sampled rectangle of ``mask``, as ``(rows, columns)``.
+
+    Grows a box from the centre ``(ky//2, kx//2)`` one row or column at a time, as long as the
+    new row or column is fully sampled across the current box.
+    """
+    h, w = mask.shape
+    cy, cx = h // 2, w // 2
+    if not mask[cy, cx]:
+        return (0, 0)
+    top, bottom, left, right = cy, cy + 1, cx, cx + 1
+    grown = True
+    while grown:
+        grown = False
+        if top > 0 and mask[top - 1, left:right].all():
+            top, grown = top - 1, True
+        if bottom < h and mask[bottom, left:right].all():
+            bottom, grown = bottom + 1, True
+        if left > 0 and mask[top:bottom, left - 1].all():
+            left, grown = left - 1, True
+        if right < w and mask[top:bottom, right].all():
+            right, grown = right + 1, True
+    return (bottom - top, right - left)
+
+
+def build_problem(
+    data: KSpaceData,
+    mask: np.ndarray | None,
+    *,
+    slice_index: int = 0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.complex64,
+) -> Problem:
+    """The reconstruction problem of one slice of ``data``.
+
+    Data that came undersampled keeps its own mask (``mask`` is then ignored); fully sampled
+    data is undersampled retrospectively with ``mask``, and its fully sampled image (the
+    magnitude for one coil, the root-sum-of-squares for several) becomes the reference when the
+    data has none. Several coils get sensitivities from the calibration region
+    (:func:`~napari_genreg.physics.coils.lowres_maps`). The noise level is the data's own when
+    known, otherwise estimated from the k-space periphery.
+
+    Raises
+    ------
+    ValueError
+        For a mask of the wrong shape or one that samples nothing, or a fully sampled input with
+        no mask.
+    """
+    part = data.slice(slice_index)
+    source = data.meta.source
+    kspace = torch.from_numpy(np.ascontiguousarray(part.kspace[0])).to(device=device, dtype=dtype)
+    coils, h, w = kspace.shape
+    if data.mask is not None:
+        used = data.mask
+        retrospective = False
+    else:
+        if mask is None:
+            raise ValueError(f"{source}: fully sampled data needs a sampling mask")
+        used = np.asarray(mask)
+        retrospective = True
+    if used.shape != (h, w):
+        raise ValueError(f"{source}: mask shape {used.shape} does not match k-space {(h, w)}")
+    if used.dtype != np.bool_:
+        raise ValueError(f"{source}: the sampling mask must be boolean, got {used.dtype}")
+    if not used.any():
+        raise ValueError(f"{source}: the sampling mask samples nothing")
+
+    mask_t = torch.from_numpy(used).to(device)
+    y = kspace * mask_t
+    reference = None if part.reference is None else part.reference[0].astype(np.float32)
+    if reference is None and retrospective:
+        full = ifft2c(kspace)
+        reference = (full[0].abs() if coils == 1 else rss(full, dim=0)).cpu().numpy()
+
+    if coils == 1:
+        maps = None
+        op = masked_fourier(mask_t)
+        y = y[0]
+    else:
+        box = calibration_box(used)
+        if min(box) < 4:
+            raise ValueError(
+                f"{source}: multi-coil data needs a fully sampled centre of at least 4x4 "
+                f"k-space samples to estimate coil sensitivities (found {box[0]}x{box[1]})"
+            )
+        maps = lowres_maps(y, calibration=(min(box[0], 32), min(box[1], 32)))
+        op = sense(maps, mask_t)
+
+    zero_filled = op.adjoint(y).abs()
+    scale = float(torch.quantile(zero_filled.flatten().float(), 0.99))
+    if not scale > 0:
+        raise ValueError(f"{source}: the measured k-space is zero: nothing to reconstruct")
+    sigma = data.meta.noise_sigma
+    if sigma is None:
+        sigma = estimate_noise_sigma(y, mask_t)
+    sigma = max(float(sigma), NOISE_FLOOR * scale)
+    return Problem(op, y, used, sigma, scale, reference, maps, retrospective)

@@ -1,0 +1,138 @@
+"""Driving a method: weights, iteration limits, errors that name the problem, results."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from napari_genreg.metrics import Metrics, evaluate
+from napari_genreg.recon.methods import METHODS, Method
+from napari_genreg.recon.problem import Problem
+from napari_genreg.solvers import SolverState
+
+
+class ReconstructionError(RuntimeError):
+    """A reconstruction could not run or diverged; the message says why."""
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name`` (a clear error listing the valid names)."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown regulariser {name!r}; choose from {', '.join(METHODS)}"
+        ) from None
+
+
+def resolve_lam(method: Method, problem: Problem, lam: float | None) -> float:
+    """``lam`` as given (checked) or from the method's automatic rule (0 where it has none)."""
+    if lam is None:
+        return method.auto_lam(problem) if method.auto_lam is not None else 0.0
+    if not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"lam must be a finite non-negative number, got {lam}")
+    return float(lam)
+
+
+def iterate(
+    problem: Problem,
+    name: str,
+    *,
+    lam: float | None = None,
+    iterations: int | None = None,
+) -> Iterator[SolverState]:
+    """The states of method ``name`` on ``problem``, at most ``iterations`` of them.
+
+    The caller may stop earlier (cancellation is simply not asking for the next state). Errors
+    in the numerics are re-raised as :class:`ReconstructionError` with the method, the
+    iteration and the cause (a non-finite objective, running out of device memory).
+    """
+    method = get_method(name)
+    n = method.default_iterations if iterations is None else int(iterations)
+    if n < 1:
+        raise ValueError(f"iterations must be at least 1, got {iterations}")
+    weight = resolve_lam(method, problem, lam)
+    iteration = 0
+    try:
+        for state in itertools.islice(method.solve(problem, weight), n):
+            iteration = state.iteration
+            if not math.isfinite(state.objective):
+                raise ReconstructionError(
+                    f"{name}: the objective became {state.objective} at iteration "
+                    f"{state.iteration}; check the input for extreme values or lower lam"
+                )
+            yield state
+    except torch.OutOfMemoryError as exc:
+        raise ReconstructionError(
+            f"{name}: ran out of memory on {problem.device} at iteration {iteration} "
+            f"({problem.shape[0]}x{problem.shape[1]}); try a smaller input or --device cpu"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished reconstruction of one slice.
+
+    Attributes
+    ----------
+    name
+        The method.
+    image
+        float32 ``(H, W)``: the magnitude, on the input's intensity scale.
+    lam
+        The weight used (0 for methods without one).
+    iterations
+        Iterations run.
+    seconds
+        Wall time of the iterations.
+    objectives
+        The objective after each iteration.
+    metrics
+        Against the problem's reference, or ``None`` without one.
+    """
+
+    name: str
+    image: np.ndarray
+    lam: float
+    iterations: int
+    seconds: float
+    objectives: tuple[float, ...] = field(repr=False)
+    metrics: Metrics | None
+
+
+def reconstruct(
+    problem: Problem,
+    name: str,
+    *,
+    lam: float | None = None,
+    iterations: int | None = None,
+    on_state: Callable[[SolverState], None] | None = None,
+) -> Result:
+    """Run method ``name`` to its iteration limit and collect the :class:`Result`.
+
+    ``on_state`` is called with every state (for progress bars); to stop early or preview
+    iterates, drive :func:`iterate` instead.
+    """
+    method = get_method(name)
+    weight = resolve_lam(method, problem, lam)
+    objectives = []
+    state = None
+    start = time.perf_counter()
+    for state in iterate(problem, name, lam=weight, iterations=iterations):
+        objectives.append(state.objective)
+        if on_state is not None:
+            on_state(state)
+    if state is None:
+        raise ReconstructionError(f"{name}: the solver produced no iterate")
+    if problem.device.type == "cuda":
+        torch.cuda.synchronize(problem.device)
+    seconds = time.perf_counter() - start
+    image = state.x.abs().float().cpu().numpy()
+    metrics = None if problem.reference is None else evaluate(problem.reference, image)
+    return Result(name, image, weight, state.iteration, seconds, tuple(objectives), metrics)
