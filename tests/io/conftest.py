@@ -92,8 +92,6 @@ def make_image(h: int = 12, w: int = 10, n: int = 1) -> np.ndarray:
     return np.stack([(1.0 + y + 2.0 * x + 5.0 * k) for k in range(n)]).astype(np.float32)
 
 
-
-
 def valid_file_bytes() -> dict[str, bytes]:
     """One small valid file per readable extension, as bytes."""
     import tempfile
@@ -106,11 +104,13 @@ def valid_file_bytes() -> dict[str, bytes]:
         np.save(buf, image.astype(np.float32))
         files[".npy"] = buf.getvalue()
         buf = io.BytesIO()
-        kspace = (image + 1j * image.T[:6, :5]).astype(np.complex64)
+        kspace = (image + 1j * image[::-1]).astype(np.complex64)
         np.savez(buf, kspace=kspace, mask=np.ones(5, dtype=bool))
         files[".npz"] = buf.getvalue()
         for ext in (".nii", ".nii.gz"):
-            files[ext] = write_nifti(folder / f"a{ext}", image[:, :, None].astype(np.int16)).read_bytes()
+            files[ext] = write_nifti(
+                folder / f"a{ext}", image[:, :, None].astype(np.int16)
+            ).read_bytes()
         files[".dcm"] = write_dicom(folder / "a.dcm", image).read_bytes()
         files[".png"] = write_png(folder / "a.png", image).read_bytes()
         files[".tif"] = write_tiff(folder / "a.tif", image).read_bytes()

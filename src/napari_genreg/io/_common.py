@@ -33,7 +33,9 @@ def check_read_args(noise_sigma: float, seed: int) -> None:
     seed
         Seed of the noise generator; an integer in ``[0, 2**64)``.
     """
-    if isinstance(noise_sigma, bool) or not isinstance(noise_sigma, (int, float, np.floating)):
+    if isinstance(noise_sigma, bool) or not isinstance(
+        noise_sigma, (int, float, np.integer, np.floating)
+    ):
         raise ValueError(f"noise_sigma must be a number, got {type(noise_sigma).__name__}")
     if not (math.isfinite(noise_sigma) and noise_sigma >= 0):
         raise ValueError(f"noise_sigma must be finite and non-negative, got {noise_sigma}")

@@ -63,8 +63,9 @@ def read_npy(
                 raise ReadError(path, "not a .npy file (no NumPy magic string)")
             f.seek(0)
             dtype, shape, data_offset = _read_header(f, path, "")
-        check_file_size(path, data_offset + _nbytes(dtype, shape), ".npy file")
-        array = np.load(path, allow_pickle=False)
+            check_file_size(path, data_offset + _nbytes(dtype, shape), ".npy file")
+            f.seek(0)
+            array = np.lib.format.read_array(f, allow_pickle=False)
         return _from_array(array, path, noise_sigma=noise_sigma, seed=seed, extra={"format": "npy"})
 
 

@@ -98,7 +98,7 @@ def read_nifti(
             "original_shape": list(shape),
             "original_orientation": "".join(str(c) for c in nib.aff2axcodes(image.affine)),
         }
-        index = (slice(None),) * 3 + (0,) * (len(shape) - 3)
+        index = (slice(None),) * min(len(shape), 3) + (0,) * (len(shape) - 3)
         if len(shape) > 3:
             extra["volume_index"] = [0] * (len(shape) - 3)
         data = np.asanyarray(proxy[index])
@@ -254,10 +254,16 @@ def _dicom_pixels(dataset: Any, path: Path) -> tuple[np.ndarray, dict[str, Any]]
             pixels = pixels[np.newaxis]
         if pixels.ndim != 3:
             raise ReadError(path, f"unexpected DICOM pixel array shape {pixels.shape}")
-        slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
+        slope = _dicom_number(dataset, "RescaleSlope", 1.0)
+        intercept = _dicom_number(dataset, "RescaleIntercept", 0.0)
         extra["rescale"] = {"slope": slope, "intercept": intercept}
         return pixels.astype(np.float64) * slope + intercept, extra
+
+
+def _dicom_number(dataset: Any, keyword: str, default: float) -> float:
+    """A numeric header field, or ``default`` when absent or empty (0 is a value)."""
+    value = dataset.get(keyword)
+    return default if value is None or value == "" else float(value)
 
 
 def _dicom_info(dataset: Any) -> dict[str, Any]:
@@ -273,7 +279,7 @@ def _dicom_info(dataset: Any) -> dict[str, Any]:
         value = dataset.get(key)
         if value is None or value == "":
             continue
-        if key in ("PixelSpacing",):
+        if key == "PixelSpacing":
             info[name] = [float(v) for v in value]
         elif key == "SliceThickness":
             info[name] = float(value)
@@ -384,13 +390,15 @@ def read_png(
         (including a missing ``IEND`` chunk), too large (Pillow's decompression-bomb limit) or
         all zero.
     """
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     path = checked_path(path, noise_sigma, seed)
     with parse_boundary(path, "not a valid PNG file"):
-        with Image.open(path) as im:
-            if im.format != "PNG":
-                raise ReadError(path, f"not a PNG file (Pillow reads it as {im.format})")
+        try:  # only Pillow's PNG decoder ever sees the bytes
+            im = Image.open(path, formats=["PNG"])
+        except UnidentifiedImageError as exc:
+            raise ReadError(path, "not a PNG file (no PNG signature)") from exc
+        with im:
             im.load()
             extra: dict[str, Any] = {"format": "png", "mode": im.mode}
             if getattr(im, "n_frames", 1) > 1:
@@ -422,6 +430,43 @@ def _pillow_gray(im: Any, extra: dict[str, Any]) -> np.ndarray:
         extra["alpha_ignored"] = True
     extra["color_conversion"] = LUMA_NOTE
     return luminance(np.asarray(im))
+
+
+#: Largest decoded size of a compressed TIFF series (a guard against lying headers).
+MAX_TIFF_DECODED_BYTES = 4 * 2**30
+
+
+def _check_tiff_extents(series: Any, file_size: int, path: Path) -> None:
+    """Refuse TIFF data that cannot be in the file, before tifffile allocates the output.
+
+    Every strip or tile must end inside the file (else: truncated). For uncompressed data
+    the strips must hold the whole image its header declares; compressed data may not decode
+    to more than :data:`MAX_TIFF_DECODED_BYTES`.
+    """
+    stored = 0
+    compressed = False
+    for page in series.pages:
+        if page is None:
+            continue
+        compressed |= int(page.compression) != 1
+        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False):
+            if offset + count > file_size:
+                raise ReadError(path, "truncated TIFF file: image data extends past the end")
+            stored += int(count)
+    declared = int(np.prod(series.shape, dtype=object)) * np.dtype(series.dtype).itemsize
+    if compressed and declared > MAX_TIFF_DECODED_BYTES:
+        raise ReadError(
+            path,
+            f"the TIFF declares {declared} bytes of pixels, more than the limit"
+            f" {MAX_TIFF_DECODED_BYTES}",
+        )
+    bits = {int(page.bitspersample) for page in series.pages if page is not None}
+    if not compressed and all(b % 8 == 0 for b in bits) and stored < declared:
+        raise ReadError(
+            path,
+            f"corrupt TIFF file: the header declares {declared} bytes of pixels, the "
+            f"strips hold {stored}",
+        )
 
 
 def read_tiff(
@@ -459,14 +504,7 @@ def read_tiff(
             if not tif.series:
                 raise ReadError(path, "the TIFF file holds no images")
             series = tif.series[0]
-            for page in series.pages:
-                if page is None:
-                    continue
-                for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False):
-                    if offset + count > size:
-                        raise ReadError(
-                            path, "truncated TIFF file: image data extends past the end"
-                        )
+            _check_tiff_extents(series, size, path)
             axes = str(series.axes)
             pixels = np.asarray(series.asarray())
         extra: dict[str, Any] = {"format": "tiff", "axes": axes}
