@@ -57,7 +57,9 @@ def comparison_figure(
     names = list(results)
     columns = len(names) + 1
     rows = 2 if reference is not None else 1
-    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(2.6 * columns, 3.0 * rows), squeeze=False, layout="constrained"
+    )
     vmax = (
         float(reference.max())
         if reference is not None
@@ -89,7 +91,6 @@ def comparison_figure(
         ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

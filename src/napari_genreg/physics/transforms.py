@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import lru_cache
 
 import torch
 
@@ -82,15 +82,8 @@ class Wavelet(LinearOperator):
             )
         object.__setattr__(self, "level", level)
 
-    @cached_property
-    def _transforms(self):
-        import ptwt
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            dec = ptwt.MatrixWavedec2(self.wavelet, level=self.level, orthogonalization="qr")
-            rec = ptwt.MatrixWaverec2(self.wavelet, orthogonalization="qr")
-        return dec, rec
+    def _transforms(self, like: torch.Tensor):
+        return _ptwt_transforms(self.wavelet, self.level, self.shape, like.dtype, like.device)
 
     @property
     def approx_size(self) -> int:
@@ -100,7 +93,7 @@ class Wavelet(LinearOperator):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[:-2]
         parts = _real_parts(x.reshape(-1, *self.shape))
-        dec, _ = self._transforms
+        dec, _ = self._transforms(parts)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # ptwt's sparse-tensor notices
             coeffs = dec(parts)
@@ -127,7 +120,7 @@ class Wavelet(LinearOperator):
                 bands.append(parts[:, start : start + bh * bw].reshape(n, bh, bw))
                 start += bh * bw
             coeffs.append(ptwt.constants.WaveletDetailTuple2d(*bands))
-        _, rec = self._transforms
+        _, rec = self._transforms(parts)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             img = rec(coeffs)
@@ -137,8 +130,28 @@ class Wavelet(LinearOperator):
         return x
 
     def to(self, device: torch.device | str) -> Wavelet:
-        # ptwt builds its matrices lazily on the device of the first input.
+        # the matrices are built per dtype and device on first use
         return self
+
+
+@lru_cache(maxsize=16)
+def _ptwt_transforms(
+    wavelet: str,
+    level: int,
+    shape: tuple[int, int],
+    dtype: torch.dtype,
+    device: torch.device,
+):
+    """ptwt's matrix transforms, shared by every operator of one wavelet, level, shape, dtype and
+    device: they build their sparse matrices on first use (seconds at 256x256) for the dtype
+    and device of that input, and keep them."""
+    import ptwt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        dec = ptwt.MatrixWavedec2(wavelet, level=level, orthogonalization="qr")
+        rec = ptwt.MatrixWaverec2(wavelet, orthogonalization="qr")
+    return dec, rec
 
 
 def _real_parts(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,56 @@
+"""Converting loaded-data records to napari layer data tuples.
+
+K-space becomes an image layer showing ``log(1 + |k|)``; the complex data itself is never
+converted: the whole :class:`~napari_genreg.io.records.KSpaceData` record travels in the layer's
+``metadata["napari_genreg"]``, from which the widgets take it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from napari_genreg.io.records import KSpaceData
+
+METADATA_KEY = "napari_genreg"
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+
+def _squeeze(array: np.ndarray) -> np.ndarray:
+    """Drop the slice and coil axes when they have length 1 (never the image axes)."""
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    return array
+
+
+def kspace_layer(data: KSpaceData, name: str) -> LayerData:
+    """An image layer of ``log(1 + |k|)`` with the record in its metadata.
+
+    The displayed array has shape ``(slices, coils, ky, kx)`` with length-1 axes dropped.
+    """
+    display = _squeeze(np.log1p(np.abs(data.kspace)).astype(np.float32))
+    meta = {METADATA_KEY: {"kind": "kspace", "record": data, "source": data.meta.source}}
+    kwargs = {"name": name, "metadata": meta, "colormap": "magma"}
+    return (display, kwargs, "image")
+
+
+def reference_layer(data: KSpaceData, name: str) -> LayerData:
+    """The reference magnitude image (``(slices, H, W)``, or ``(H, W)`` for one slice)."""
+    if data.reference is None:
+        raise ValueError(f"{data.meta.source}: there is no reference image")
+    meta = {METADATA_KEY: {"kind": "reference", "record": data, "source": data.meta.source}}
+    kwargs = {"name": name, "metadata": meta, "colormap": "gray"}
+    return (_squeeze(data.reference), kwargs, "image")
+
+
+def layers_for(data: KSpaceData, stem: str) -> list[LayerData]:
+    """Measured k-space opens as a k-space layer (plus its reference, if the file has one);
+    images open as a reference image layer that carries the simulated k-space with it."""
+    if data.meta.simulated:
+        return [reference_layer(data, stem)]
+    layers = [kspace_layer(data, f"{stem} k-space")]
+    if data.reference is not None:
+        layers.append(reference_layer(data, f"{stem} reference"))
+    return layers

@@ -1,0 +1,40 @@
+"""The napari reader: k-space and image files through :func:`napari_genreg.io.read`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from napari_genreg._napari._layers import LayerData, layers_for
+
+#: The extensions napari hands to this reader (PNG/TIFF stay with napari's own reader).
+NAPARI_EXTENSIONS = (".npy", ".npz", ".nii", ".nii.gz")
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in NAPARI_EXTENSIONS:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return path.stem
+
+
+def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
+    """Return :func:`read_layers` for files this plugin reads, else ``None``."""
+    paths = [path] if isinstance(path, str) else list(path)
+    if not paths or not all(str(p).lower().endswith(NAPARI_EXTENSIONS) for p in paths):
+        return None
+    return read_layers
+
+
+def read_layers(path: str | list[str]) -> list[LayerData]:
+    """Read each file into layer data; a bad file raises :class:`~napari_genreg.io.ReadError`
+    naming the file and the problem (napari shows it as a notification)."""
+    from napari_genreg import io
+
+    paths = [path] if isinstance(path, str) else list(path)
+    layers: list[LayerData] = []
+    for p in paths:
+        data = io.read(p)
+        layers.extend(layers_for(data, _stem(Path(p))))
+    return layers

@@ -1,0 +1,82 @@
+"""The plugin through napari: manifest, reader and sample data (needs Xvfb)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+from napari_genreg._napari._layers import METADATA_KEY  # noqa: E402
+from napari_genreg._napari._reader import get_reader  # noqa: E402
+
+
+def test_manifest_is_valid():
+    import npe2
+
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+    manifest = pm.get_manifest("napari-genreg")
+    npe2.PluginManifest.model_validate(manifest.model_dump())
+    keys = [s.key for s in manifest.contributions.sample_data]
+    assert keys == ["brain"]
+
+
+def test_sample_opens_as_reference_and_kspace_layers(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-genreg", "brain")
+    names = [layer.name for layer in viewer.layers]
+    assert names == ["brain", "brain k-space"]
+    kspace = viewer.layers["brain k-space"]
+    record = kspace.metadata[METADATA_KEY]["record"]
+    assert record.kspace.shape == (1, 1, 128, 128) and np.iscomplexobj(record.kspace)
+    np.testing.assert_allclose(kspace.data, np.log1p(np.abs(record.kspace[0, 0])), rtol=1e-6)
+    assert viewer.layers["brain"].data.shape == (128, 128)
+
+
+def test_reader_opens_complex_kspace_without_losing_it(make_napari_viewer, tmp_path):
+    rng = np.random.default_rng(0)
+    kspace = (rng.standard_normal((3, 32, 32)) + 1j * rng.standard_normal((3, 32, 32))).astype(
+        np.complex64
+    )
+    path = tmp_path / "coils.npy"
+    np.save(path, kspace)
+    assert get_reader(str(path)) is not None
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-genreg")
+    layer = viewer.layers["coils k-space"]
+    record = layer.metadata[METADATA_KEY]["record"]
+    np.testing.assert_array_equal(record.kspace[0], kspace)
+    assert layer.data.shape == (3, 32, 32)
+
+
+def test_reader_opens_images_as_reference_layers(make_napari_viewer, tmp_path):
+    import nibabel as nib
+
+    volume = np.random.default_rng(1).random((16, 20, 3)).astype(np.float32)
+    path = tmp_path / "head.nii.gz"
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), path)
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-genreg")
+    (layer,) = viewer.layers
+    assert layer.name == "head"
+    assert layer.metadata[METADATA_KEY]["kind"] == "reference"
+    assert layer.data.shape[0] == 3
+
+
+def test_reader_declines_other_files():
+    assert get_reader("picture.png") is None
+    assert get_reader(["a.npy", "b.txt"]) is None
+
+
+def test_a_corrupt_file_raises_a_clear_error_and_leaves_the_viewer_intact(
+    make_napari_viewer, tmp_path
+):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-genreg", "brain")
+    bad = tmp_path / "broken.npy"
+    bad.write_bytes(b"\x93NUMPY garbage that is not an array")
+    with pytest.raises(Exception, match=r"broken\.npy"):
+        viewer.open(str(bad), plugin="napari-genreg")
+    assert [layer.name for layer in viewer.layers] == ["brain", "brain k-space"]
