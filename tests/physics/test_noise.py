@@ -62,3 +62,34 @@ def test_noise_estimate_from_the_periphery_of_a_real_brain(sigma, one_d):
     else:
         mask[:] = True
     assert estimate_noise_sigma(kspace * mask, mask) == pytest.approx(sigma, rel=0.15)
+
+
+def test_whitening_decorrelates_coil_noise_and_keeps_the_average_level():
+    from napari_genreg.physics.noise import whitening_matrix
+
+    gen = torch.Generator().manual_seed(3)
+    mix = torch.view_as_complex(torch.randn((4, 4, 2), generator=gen, dtype=torch.float64))
+    mix = mix + 2 * torch.eye(4, dtype=torch.complex128)
+    psi = mix @ mix.conj().T
+    white = complex_gaussian((4, 20000), 1.0, generator=gen, dtype=torch.complex128)
+    noise = mix @ white  # covariance mix mix^H = psi
+    w = whitening_matrix(psi)
+    whitened = w @ noise
+    cov = whitened @ whitened.conj().T / whitened.shape[1]
+    sigma_bar2 = float(torch.diagonal(psi).real.mean())
+    assert torch.allclose(cov, sigma_bar2 * torch.eye(4, dtype=cov.dtype), atol=0.05 * sigma_bar2)
+
+
+@pytest.mark.parametrize(
+    "psi, message",
+    [
+        (torch.ones(2, 3, dtype=torch.complex64), "square"),
+        (torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.complex64), "positive definite"),
+        (torch.full((2, 2), float("nan"), dtype=torch.complex64), "NaN"),
+    ],
+)
+def test_bad_noise_covariances_are_refused(psi, message):
+    from napari_genreg.physics.noise import whitening_matrix
+
+    with pytest.raises(ValueError, match=message):
+        whitening_matrix(psi)

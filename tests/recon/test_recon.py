@@ -204,3 +204,43 @@ def test_calibration_box():
     mask[0, :] = True
     assert calibration_box(mask) == (8, 12)
     assert calibration_box(np.zeros((8, 8), dtype=bool)) == (0, 0)
+
+
+def test_outputs_are_cropped_to_the_recon_size(brain):
+    data = simulate_kspace(brain[None], noise_sigma=0.0, seed=0, source="t")
+    data = replace(data, reference=None, meta=replace(data.meta, extra={"recon_size": [96, 80]}))
+    problem = build_problem(data, make_mask("poisson", (128, 128), acceleration=3, seed=0))
+    assert problem.recon_size == (96, 80) and problem.reference.shape == (96, 80)
+    result = reconstruct(problem, "tv", iterations=10)
+    assert result.image.shape == (96, 80)
+    np.testing.assert_allclose(problem.reference, brain[16:112, 24:104], atol=1e-5)
+
+
+def test_correlated_coil_noise_is_whitened_with_the_files_covariance(brain):
+    gen = torch.Generator().manual_seed(4)
+    image = torch.from_numpy(brain).to(torch.complex64)
+    maps = synthetic_maps(4, (128, 128))
+    mix = torch.eye(4, dtype=torch.complex64) + 0.5 * torch.ones(4, 4, dtype=torch.complex64)
+    psi = (0.01**2) * (mix @ mix.conj().T)
+    white = torch.view_as_complex(torch.randn((4, 128, 128, 2), generator=gen)) / np.sqrt(2)
+    noise = 0.01 * torch.einsum("dc,chw->dhw", mix, white)
+    kspace = (simulate_multicoil(image, maps) + noise).numpy()[None]
+    cov = torch.view_as_real(psi.to(torch.complex128)).tolist()
+    meta = Metadata("mc", (128, 128), None, extra={"noise_covariance": cov})
+    data = KSpaceData(kspace, brain[None], None, meta)
+    mask = make_mask("poisson", (128, 128), acceleration=3, seed=0)
+    problem = build_problem(data, mask)
+    assert problem.whitened
+    assert problem.noise_sigma == pytest.approx(float(np.sqrt(np.diag(psi.real.numpy()).mean())))
+    plain = build_problem(replace(data, meta=replace(meta, extra={})), mask)
+    assert not plain.whitened
+    white_tv = reconstruct(problem, "tv", iterations=100)
+    plain_tv = reconstruct(plain, "tv", iterations=100, lam=white_tv.lam)
+    assert white_tv.metrics.psnr > plain_tv.metrics.psnr - 0.5  # at least as good
+
+
+def test_problem_phase_is_unit_modulus(brain, poisson_mask):
+    problem = _problem(brain, poisson_mask)
+    phase = problem.phase()
+    assert phase.shape == (128, 128)
+    assert torch.allclose(phase.abs(), torch.ones(128, 128), atol=1e-5)

@@ -10,7 +10,8 @@ import math
 
 import torch
 
-from napari_genreg.physics.fft import fft2c, ifft2c
+from napari_genreg.physics.fft import fft2c
+from napari_genreg.physics.phase import lowres_image
 
 
 def rss(coil_images: torch.Tensor, dim: int = -3) -> torch.Tensor:
@@ -77,14 +78,7 @@ def lowres_maps(
     -------
     complex tensor, shape ``(C, ky, kx)``.
     """
-    _, h, w = kspace.shape
-    ny, nx = min(calibration[0], h), min(calibration[1], w)
-    window = torch.zeros((h, w), dtype=kspace.real.dtype, device=kspace.device)
-    hy = torch.hann_window(ny + 2, periodic=False, dtype=window.dtype, device=window.device)[1:-1]
-    hx = torch.hann_window(nx + 2, periodic=False, dtype=window.dtype, device=window.device)[1:-1]
-    y0, x0 = h // 2 - ny // 2, w // 2 - nx // 2
-    window[y0 : y0 + ny, x0 : x0 + nx] = hy.view(-1, 1) * hx.view(1, -1)
-    low = ifft2c(kspace * window)
+    low = lowres_image(kspace, calibration)
     norm = rss(low, dim=0)
     support = norm > eps * norm.max()
     return torch.where(support, low / norm.clamp_min(torch.finfo(norm.dtype).tiny), 0)

@@ -92,3 +92,30 @@ def estimate_noise_sigma(kspace: torch.Tensor, mask: torch.Tensor | None = None)
     if values.numel() == 0:
         raise ValueError("cannot estimate the noise level: no sampled k-space entries")
     return float(values.median()) / math.sqrt(math.log(2.0))
+
+
+def whitening_matrix(noise_covariance: torch.Tensor) -> torch.Tensor:
+    """A coil-whitening matrix ``W`` that keeps the average noise level.
+
+    With the coil noise covariance ``Psi = E[n n^H]`` (``C x C``, Hermitian positive definite)
+    and its Cholesky factor ``Psi = L L^H``, ``W = sigma_bar L^-1`` with
+    ``sigma_bar^2 = trace(Psi) / C``: the whitened noise ``W n`` has covariance
+    ``sigma_bar^2 I`` (independent coils, equal variance), and the image keeps roughly its
+    intensity scale. Apply it across the coil axis of k-space (``W @ k``) and of the coil maps.
+
+    Raises
+    ------
+    ValueError
+        When ``Psi`` is not square, not finite or not positive definite.
+    """
+    psi = noise_covariance
+    if psi.ndim != 2 or psi.shape[0] != psi.shape[1]:
+        raise ValueError(f"a noise covariance must be square, got shape {tuple(psi.shape)}")
+    if not bool(torch.isfinite(torch.view_as_real(psi) if psi.is_complex() else psi).all()):
+        raise ValueError("the noise covariance contains NaN or infinite values")
+    chol, info = torch.linalg.cholesky_ex(psi)
+    if int(info) != 0:
+        raise ValueError("the noise covariance is not positive definite")
+    sigma_bar = torch.sqrt(torch.diagonal(psi).real.mean())
+    eye = torch.eye(psi.shape[0], dtype=psi.dtype, device=psi.device)
+    return sigma_bar * torch.linalg.solve_triangular(chol, eye, upper=False)

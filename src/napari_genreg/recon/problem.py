@@ -10,8 +10,9 @@ import torch
 from napari_genreg.io.records import KSpaceData
 from napari_genreg.physics.coils import lowres_maps, rss
 from napari_genreg.physics.fft import ifft2c
-from napari_genreg.physics.noise import estimate_noise_sigma
+from napari_genreg.physics.noise import estimate_noise_sigma, whitening_matrix
 from napari_genreg.physics.operators import LinearOperator, masked_fourier, sense
+from napari_genreg.physics.phase import lowres_phase
 
 #: The smallest noise level assumed, relative to the image scale: it keeps the objective's
 #: ``1 / sigma^2`` finite on noiseless (simulated) data and the automatic weights away from 0.
@@ -43,6 +44,13 @@ class Problem:
     retrospective
         True when ``mask`` was applied to fully sampled data here; False when the data came
         undersampled with its own mask.
+    calibration
+        ``(rows, columns)`` of the centred fully sampled region of ``mask``.
+    recon_size
+        ``(H, W)`` of the output: the centre of the reconstructed matrix is cropped to it
+        (fastMRI's convention for readout-oversampled data); equals ``mask.shape`` otherwise.
+    whitened
+        True when the k-space was coil-whitened with the file's noise covariance.
     """
 
     op: LinearOperator
@@ -53,6 +61,9 @@ class Problem:
     reference: np.ndarray | None
     maps: torch.Tensor | None
     retrospective: bool
+    calibration: tuple[int, int]
+    recon_size: tuple[int, int]
+    whitened: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -70,6 +81,25 @@ class Problem:
     def zero_filled(self) -> torch.Tensor:
         """``A^H y``: the zero-filled (coil-combined) complex image, ``(H, W)``."""
         return self.op.adjoint(self.y)
+
+    def magnitude(self, x: torch.Tensor) -> np.ndarray:
+        """float32 ``|x|`` cropped to :attr:`recon_size`: what is written and compared."""
+        return center_crop(x.abs().float().cpu().numpy(), self.recon_size)
+
+    def phase(self) -> torch.Tensor:
+        """A smooth phase estimate ``exp(i phi)`` of the image from the calibration region
+        (see :func:`~napari_genreg.physics.phase.lowres_phase`), complex ``(H, W)``."""
+        size = (max(self.calibration[0], 2), max(self.calibration[1], 2))
+        return lowres_phase(self.y, size, combine=self.maps)
+
+
+def center_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The centred ``size`` block of the last two axes (the centre pixel ``n // 2`` stays the
+    centre pixel ``m // 2``, as with the centred FFT)."""
+    h, w = image.shape[-2:]
+    ch, cw = min(size[0], h), min(size[1], w)
+    y0, x0 = h // 2 - ch // 2, w // 2 - cw // 2
+    return image[..., y0 : y0 + ch, x0 : x0 + cw]
 
 
 def calibration_box(mask: np.ndarray) -> tuple[int, int]:
@@ -109,10 +139,13 @@ def build_problem(
 
     Data that came undersampled keeps its own mask (``mask`` is then ignored); fully sampled
     data is undersampled retrospectively with ``mask``, and its fully sampled image (the
-    magnitude for one coil, the root-sum-of-squares for several) becomes the reference when the
-    data has none. Several coils get sensitivities from the calibration region
-    (:func:`~napari_genreg.physics.coils.lowres_maps`). The noise level is the data's own when
-    known, otherwise estimated from the k-space periphery.
+    magnitude for one coil, the root-sum-of-squares for several, cropped to the recon size)
+    becomes the reference when the data has none. Several coils get sensitivities from the
+    calibration region (:func:`~napari_genreg.physics.coils.lowres_maps`); when the file has a
+    coil noise covariance, data and maps are then whitened alike
+    (:func:`~napari_genreg.physics.noise.whitening_matrix`), which keeps the image's scale.
+    The noise level is the data's own when known, otherwise estimated from the k-space
+    periphery.
 
     Raises
     ------
@@ -124,6 +157,17 @@ def build_problem(
     source = data.meta.source
     kspace = torch.from_numpy(np.ascontiguousarray(part.kspace[0])).to(device=device, dtype=dtype)
     coils, h, w = kspace.shape
+    sigma = data.meta.noise_sigma
+    white = None
+    covariance = data.meta.extra.get("noise_covariance")
+    if coils > 1 and covariance is not None:
+        psi = torch.view_as_complex(torch.tensor(covariance, dtype=torch.float64)).to(device)
+        if psi.shape != (coils, coils):
+            raise ValueError(
+                f"{source}: the noise covariance is {tuple(psi.shape)} for {coils} coils"
+            )
+        white = whitening_matrix(psi).to(dtype)
+        sigma = float(torch.sqrt(torch.diagonal(psi).real.mean()))
     if data.mask is not None:
         used = data.mask
         retrospective = False
@@ -141,31 +185,50 @@ def build_problem(
 
     mask_t = torch.from_numpy(used).to(device)
     y = kspace * mask_t
+    recon_size = tuple(data.meta.extra.get("recon_size", (h, w)))
+    if len(recon_size) != 2 or not all(0 < int(n) for n in recon_size):
+        raise ValueError(f"{source}: bad recon size {recon_size}")
+    recon_size = (min(int(recon_size[0]), h), min(int(recon_size[1]), w))
     reference = None if part.reference is None else part.reference[0].astype(np.float32)
     if reference is None and retrospective:
         full = ifft2c(kspace)
-        reference = (full[0].abs() if coils == 1 else rss(full, dim=0)).cpu().numpy()
+        full_image = full[0].abs() if coils == 1 else rss(full, dim=0)
+        reference = center_crop(full_image.cpu().numpy(), recon_size)
+    if reference is not None and reference.shape != recon_size:
+        reference = center_crop(reference, recon_size)
+        if reference.shape != recon_size:
+            raise ValueError(
+                f"{source}: the reference ({part.reference.shape[-2:]}) is smaller than the "
+                f"output size {recon_size}"
+            )
 
+    box = calibration_box(used)
     if coils == 1:
         maps = None
         op = masked_fourier(mask_t)
         y = y[0]
     else:
-        box = calibration_box(used)
         if min(box) < 4:
             raise ValueError(
                 f"{source}: multi-coil data needs a fully sampled centre of at least 4x4 "
                 f"k-space samples to estimate coil sensitivities (found {box[0]}x{box[1]})"
             )
         maps = lowres_maps(y, calibration=(min(box[0], 32), min(box[1], 32)))
+        if white is not None:
+            # Whiten data and maps alike: y_w = W y = M F (W S) x + W n. The maps were
+            # estimated before whitening, so x keeps the unwhitened image's intensity scale.
+            y = torch.einsum("dc,chw->dhw", white, y)
+            maps = torch.einsum("dc,chw->dhw", white, maps)
         op = sense(maps, mask_t)
 
     zero_filled = op.adjoint(y).abs()
     scale = float(torch.quantile(zero_filled.flatten().float(), 0.99))
     if not scale > 0:
         raise ValueError(f"{source}: the measured k-space is zero: nothing to reconstruct")
-    sigma = data.meta.noise_sigma
     if sigma is None:
         sigma = estimate_noise_sigma(y, mask_t)
     sigma = max(float(sigma), NOISE_FLOOR * scale)
-    return Problem(op, y, used, sigma, scale, reference, maps, retrospective)
+    whitened = white is not None and coils > 1
+    return Problem(
+        op, y, used, sigma, scale, reference, maps, retrospective, box, recon_size, whitened
+    )

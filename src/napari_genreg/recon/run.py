@@ -84,7 +84,8 @@ class Result:
     name
         The method.
     image
-        float32 ``(H, W)``: the magnitude, on the input's intensity scale.
+        float32 ``(H, W)``: the magnitude, on the input's intensity scale, cropped to the
+        problem's recon size.
     lam
         The weight used (0 for methods without one).
     iterations
@@ -133,6 +134,6 @@ def reconstruct(
     if problem.device.type == "cuda":
         torch.cuda.synchronize(problem.device)
     seconds = time.perf_counter() - start
-    image = state.x.abs().float().cpu().numpy()
+    image = problem.magnitude(state.x)
     metrics = None if problem.reference is None else evaluate(problem.reference, image)
     return Result(name, image, weight, state.iteration, seconds, tuple(objectives), metrics)
