@@ -22,7 +22,7 @@ from napari_genreg.recon import (
     iterate,
     reconstruct,
 )
-from napari_genreg.recon.problem import NOISE_FLOOR, calibration_box
+from napari_genreg.recon.problem import NOISE_FLOOR
 from napari_genreg.samples import load_image
 
 
@@ -89,6 +89,7 @@ def test_cg_sense_on_fully_sampled_multicoil_data_matches_the_reference(brain):
     data = KSpaceData(kspace, brain[None], None, Metadata("multicoil", (128, 128), 1e-3))
     problem = build_problem(data, np.ones((128, 128), dtype=bool))
     assert problem.maps is not None and problem.maps.shape == (4, 128, 128)
+    assert problem.coil_method == "espirit"
     result = reconstruct(problem, "least-squares", iterations=30)
     assert result.metrics.psnr > 40
     assert result.metrics.ssim > 0.98
@@ -193,17 +194,6 @@ def test_out_of_memory_becomes_a_clear_error(brain, poisson_mask, monkeypatch):
     monkeypatch.setitem(methods.METHODS, "oom", replace(METHODS["tv"], name="oom", solve=oom))
     with pytest.raises(ReconstructionError, match="ran out of memory on cpu"):
         list(iterate(problem, "oom"))
-
-
-def test_calibration_box():
-    mask = np.zeros((32, 32), dtype=bool)
-    mask[:, 13:19] = True
-    assert calibration_box(mask) == (32, 6)
-    mask = np.zeros((32, 32), dtype=bool)
-    mask[12:20, 10:22] = True
-    mask[0, :] = True
-    assert calibration_box(mask) == (8, 12)
-    assert calibration_box(np.zeros((8, 8), dtype=bool)) == (0, 0)
 
 
 def test_outputs_are_cropped_to_the_recon_size(brain):

@@ -8,7 +8,12 @@ import numpy as np
 import torch
 
 from napari_genreg.io.records import KSpaceData
-from napari_genreg.physics.coils import lowres_maps, rss
+from napari_genreg.physics.coils import rss
+from napari_genreg.physics.espirit import (
+    MIN_CALIBRATION,
+    centred_fully_sampled_box,
+    sensitivity_maps,
+)
 from napari_genreg.physics.fft import ifft2c
 from napari_genreg.physics.noise import estimate_noise_sigma, whitening_matrix
 from napari_genreg.physics.operators import LinearOperator, masked_fourier, sense
@@ -51,6 +56,9 @@ class Problem:
         (fastMRI's convention for readout-oversampled data); equals ``mask.shape`` otherwise.
     whitened
         True when the k-space was coil-whitened with the file's noise covariance.
+    coil_method
+        How the coil sensitivities were estimated: ``"espirit"``, ``"lowres"`` (the fallback
+        for calibration regions too small for ESPIRiT's kernels) or ``"single coil"``.
     """
 
     op: LinearOperator
@@ -64,6 +72,7 @@ class Problem:
     calibration: tuple[int, int]
     recon_size: tuple[int, int]
     whitened: bool = False
+    coil_method: str = "single coil"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -102,31 +111,6 @@ def center_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return image[..., y0 : y0 + ch, x0 : x0 + cw]
 
 
-def calibration_box(mask: np.ndarray) -> tuple[int, int]:
-    """The largest centred, fully sampled rectangle of ``mask``, as ``(rows, columns)``.
-
-    Grows a box from the centre ``(ky//2, kx//2)`` one row or column at a time, as long as the
-    new row or column is fully sampled across the current box.
-    """
-    h, w = mask.shape
-    cy, cx = h // 2, w // 2
-    if not mask[cy, cx]:
-        return (0, 0)
-    top, bottom, left, right = cy, cy + 1, cx, cx + 1
-    grown = True
-    while grown:
-        grown = False
-        if top > 0 and mask[top - 1, left:right].all():
-            top, grown = top - 1, True
-        if bottom < h and mask[bottom, left:right].all():
-            bottom, grown = bottom + 1, True
-        if left > 0 and mask[top:bottom, left - 1].all():
-            left, grown = left - 1, True
-        if right < w and mask[top:bottom, right].all():
-            right, grown = right + 1, True
-    return (bottom - top, right - left)
-
-
 def build_problem(
     data: KSpaceData,
     mask: np.ndarray | None,
@@ -134,6 +118,7 @@ def build_problem(
     slice_index: int = 0,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.complex64,
+    coil_maps: str = "espirit",
 ) -> Problem:
     """The reconstruction problem of one slice of ``data``.
 
@@ -141,7 +126,8 @@ def build_problem(
     data is undersampled retrospectively with ``mask``, and its fully sampled image (the
     magnitude for one coil, the root-sum-of-squares for several, cropped to the recon size)
     becomes the reference when the data has none. Several coils get sensitivities from the
-    calibration region (:func:`~napari_genreg.physics.coils.lowres_maps`); when the file has a
+    calibration region (:func:`~napari_genreg.physics.espirit.sensitivity_maps`: ESPIRiT, or
+    ``coil_maps="lowres"``, also the fallback for small regions); when the file has a
     coil noise covariance, data and maps are then whitened alike
     (:func:`~napari_genreg.physics.noise.whitening_matrix`), which keeps the image's scale.
     The noise level is the data's own when known, otherwise estimated from the k-space
@@ -202,18 +188,20 @@ def build_problem(
                 f"output size {recon_size}"
             )
 
-    box = calibration_box(used)
+    box = centred_fully_sampled_box(used)
+    coil_method = "single coil"
     if coils == 1:
         maps = None
         op = masked_fourier(mask_t)
         y = y[0]
     else:
-        if min(box) < 4:
+        if min(box) < MIN_CALIBRATION:
             raise ValueError(
-                f"{source}: multi-coil data needs a fully sampled centre of at least 4x4 "
-                f"k-space samples to estimate coil sensitivities (found {box[0]}x{box[1]})"
+                f"{source}: multi-coil data needs a fully sampled centre of at least "
+                f"{MIN_CALIBRATION}x{MIN_CALIBRATION} k-space samples to estimate coil "
+                f"sensitivities (found {box[0]}x{box[1]})"
             )
-        maps = lowres_maps(y, calibration=(min(box[0], 32), min(box[1], 32)))
+        maps, coil_method = sensitivity_maps(y, mask_t, coil_maps)
         if white is not None:
             # Whiten data and maps alike: y_w = W y = M F (W S) x + W n. The maps were
             # estimated before whitening, so x keeps the unwhitened image's intensity scale.
@@ -230,5 +218,16 @@ def build_problem(
     sigma = max(float(sigma), NOISE_FLOOR * scale)
     whitened = white is not None and coils > 1
     return Problem(
-        op, y, used, sigma, scale, reference, maps, retrospective, box, recon_size, whitened
+        op,
+        y,
+        used,
+        sigma,
+        scale,
+        reference,
+        maps,
+        retrospective,
+        box,
+        recon_size,
+        whitened,
+        coil_method,
     )
