@@ -8,7 +8,7 @@ from pathlib import Path
 from napari_genreg._napari._layers import LayerData, layers_for
 
 #: The extensions napari hands to this reader (PNG/TIFF stay with napari's own reader).
-NAPARI_EXTENSIONS = (".npy", ".npz", ".nii", ".nii.gz")
+NAPARI_EXTENSIONS = (".npy", ".npz", ".nii", ".nii.gz", ".h5", ".hdf5", ".mrd", ".dat")
 
 
 def _stem(path: Path) -> str:

@@ -26,9 +26,13 @@ from pathlib import Path
 from ._common import Reader, check_read_args, match_extension
 from .arrays import read_npy, read_npz
 from .errors import ReadError, WriteError
+from .fastmri import read_fastmri
+from .hdf5 import read_h5
 from .images import read_dicom, read_nifti, read_png, read_tiff
+from .mrd import read_mrd
 from .records import KSpaceData, Metadata
 from .simulate import simulate_kspace
+from .twix import read_twix
 from .writers import SUPPORTED_WRITE_EXTENSIONS, WRITERS, read_settings, write
 
 __all__ = [
@@ -43,12 +47,16 @@ __all__ = [
     "WriteError",
     "read",
     "read_dicom",
+    "read_fastmri",
+    "read_h5",
+    "read_mrd",
     "read_nifti",
     "read_npy",
     "read_npz",
     "read_png",
     "read_settings",
     "read_tiff",
+    "read_twix",
     "simulate_kspace",
     "write",
 ]
@@ -64,6 +72,10 @@ READERS: dict[str, Reader] = {
     ".png": read_png,
     ".tif": read_tiff,
     ".tiff": read_tiff,
+    ".h5": read_h5,
+    ".hdf5": read_h5,
+    ".mrd": read_mrd,
+    ".dat": read_twix,
 }
 #: The extensions :func:`read` accepts (a folder is read as a DICOM series).
 SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(READERS)
