@@ -65,6 +65,19 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lam", type=float, default=None, help="weight (default: automatic)")
     parser.add_argument("--iterations", type=int, default=None, help="default: per method")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    parser.add_argument(
+        "--coil-maps",
+        choices=("espirit", "lowres"),
+        default="espirit",
+        help="coil sensitivities for multi-coil data (default espirit; lowres is also the "
+        "fallback when the calibration region is too small for ESPIRiT)",
+    )
+    parser.add_argument(
+        "--virtual-coils",
+        type=int,
+        default=None,
+        help="compress multi-coil data to this many virtual coils (SVD) before reconstructing",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -167,6 +180,10 @@ def _mask(args: argparse.Namespace, data) -> tuple[np.ndarray | None, str]:
 
 def _inputs(args: argparse.Namespace) -> Inputs:
     data = _load(args)
+    if args.virtual_coils is not None:
+        from napari_genreg.recon import compress
+
+        data = compress(data, args.virtual_coils)
     mask, label = _mask(args, data)
     if args.slice is None:
         slices = list(range(data.n_slices))
@@ -191,6 +208,8 @@ def _settings(args: argparse.Namespace, inputs: Inputs, name: str, results) -> d
         "noise_sigma": [r.noise_sigma for r in results],
         "simulated": data.meta.simulated,
         "coils": data.n_coils,
+        "coil_maps": args.coil_maps,
+        "virtual_coils": args.virtual_coils,
         "regularizer": name,
         "lam": [r.result.lam for r in results],
         "iterations": [r.result.iterations for r in results],
@@ -222,7 +241,15 @@ def _run(args: argparse.Namespace, inputs: Inputs, names: Sequence[str]):
     problems = []
     with tqdm(total=total, disable=args.quiet, unit="it", file=sys.stderr) as bar:
         for index in inputs.slices:
-            problem = build_problem(inputs.data, inputs.mask, slice_index=index, device=device)
+            problem = build_problem(
+                inputs.data,
+                inputs.mask,
+                slice_index=index,
+                device=device,
+                coil_maps=args.coil_maps,
+            )
+            if not problems:
+                _describe(inputs.data, problem)
             problems.append(problem)
             for method in methods:
                 bar.set_description(f"slice {index} {method.name}")
@@ -236,6 +263,25 @@ def _run(args: argparse.Namespace, inputs: Inputs, names: Sequence[str]):
                 bar.update(planned[method.name] - result.iterations)  # converged early
                 out[method.name].append(_SliceResult(index, problem.noise_sigma, result))
     return out, problems
+
+
+def _describe(data, problem) -> None:
+    """One line on what the data is and how it will be reconstructed."""
+    parts = [
+        f"{data.n_slices} slice(s)",
+        f"k-space {problem.shape[0]}x{problem.shape[1]}",
+        f"{data.n_coils} coil(s)"
+        + ("" if problem.maps is None else f" ({problem.coil_method} maps)"),
+        "simulated from images" if data.meta.simulated else "measured",
+        "retrospectively undersampled" if problem.retrospective else "undersampled in the file",
+        f"noise sigma {problem.noise_sigma:.3g}"
+        + (" (known)" if data.meta.noise_sigma is not None else " (estimated)"),
+    ]
+    if problem.whitened:
+        parts.append("coil-whitened with the file's noise covariance")
+    if problem.recon_size != problem.shape:
+        parts.append(f"output cropped to {problem.recon_size[0]}x{problem.recon_size[1]}")
+    print("napari-genreg: " + ", ".join(parts), file=sys.stderr)
 
 
 def _stack(results: list[_SliceResult], single: bool) -> np.ndarray:

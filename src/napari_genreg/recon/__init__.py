@@ -3,7 +3,7 @@ the loop that drives them. The CLI and the napari widgets both use exactly this.
 
 from napari_genreg.recon.devices import available_devices, resolve_device
 from napari_genreg.recon.methods import METHODS, Method
-from napari_genreg.recon.problem import Problem, build_problem
+from napari_genreg.recon.problem import Problem, build_problem, compress
 from napari_genreg.recon.run import (
     ReconstructionError,
     Result,
@@ -21,6 +21,7 @@ __all__ = [
     "Result",
     "available_devices",
     "build_problem",
+    "compress",
     "get_method",
     "iterate",
     "reconstruct",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from napari_genreg.io.records import KSpaceData
 from napari_genreg.physics.coils import rss
+from napari_genreg.physics.compression import compress_coils
 from napari_genreg.physics.espirit import (
     MIN_CALIBRATION,
     centred_fully_sampled_box,
@@ -231,3 +232,29 @@ def build_problem(
         whitened,
         coil_method,
     )
+
+
+def compress(data: KSpaceData, virtual_coils: int) -> KSpaceData:
+    """The record with its coils compressed to ``virtual_coils`` by SVD coil compression
+    (:func:`~napari_genreg.physics.compression.compress_coils`, one matrix for all slices).
+
+    A unitary projection keeps white noise white; a coil noise covariance ``Psi`` in the
+    metadata becomes ``C Psi C^H``.
+    """
+    if data.n_coils == 1:
+        raise ValueError(f"{data.meta.source}: coil compression needs several coils, found 1")
+    if not 1 <= virtual_coils <= data.n_coils:
+        raise ValueError(
+            f"{data.meta.source}: cannot compress {data.n_coils} coils to {virtual_coils}"
+        )
+    kspace = torch.from_numpy(np.ascontiguousarray(data.kspace))
+    compressed, matrix = compress_coils(kspace, virtual_coils)
+    extra = dict(data.meta.extra)
+    covariance = extra.get("noise_covariance")
+    if covariance is not None:
+        psi = torch.view_as_complex(torch.tensor(covariance, dtype=torch.float64))
+        m = matrix.to(torch.complex128)
+        extra["noise_covariance"] = torch.view_as_real(m @ psi @ m.conj().T).tolist()
+    extra["coil_compression"] = {"from": data.n_coils, "to": virtual_coils}
+    meta = replace(data.meta, extra=extra)
+    return replace(data, kspace=compressed.numpy().astype(np.complex64), meta=meta)
