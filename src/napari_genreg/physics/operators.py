@@ -14,7 +14,7 @@ examples all operator tests are parametrised over (adjoint, linearity, normal).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -143,6 +143,7 @@ class CoilExpand(LinearOperator):
     """
 
     maps: torch.Tensor
+    _maps_conj: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.maps.ndim != 3 or not self.maps.is_complex():
@@ -150,13 +151,16 @@ class CoilExpand(LinearOperator):
                 f"coil maps must be a complex tensor of shape (coils, H, W), got "
                 f"{self.maps.dtype} {tuple(self.maps.shape)}"
             )
-        object.__setattr__(self, "maps", self.maps.detach().clone())
+        maps = self.maps.detach().clone()
+        object.__setattr__(self, "maps", maps)
+        # conj() of a complex tensor is a lazy view that every multiply resolves again
+        object.__setattr__(self, "_maps_conj", maps.conj().resolve_conj())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.unsqueeze(-3) * self.maps
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return (y * self.maps.conj()).sum(dim=-3)
+        return (y * self._maps_conj).sum(dim=-3)
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.maps.abs().square().sum(dim=0)
