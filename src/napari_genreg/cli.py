@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated, from {', '.join(METHODS)} (default zero-filled,tv,wavelet)",
     )
 
+    from napari_genreg.training.train import add_train_arguments
+
+    trn = sub.add_parser("train", help="train a VAE prior with a covariance head")
+    add_train_arguments(trn)
+
     prep = sub.add_parser(
         "prepare-data",
         help="build a training set of 2-D magnitude slices from MRI volumes",
@@ -411,6 +416,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from napari_genreg.training.train import run_train
+
+    return run_train(args)  # handles Ctrl-C itself: a run continues with --resume
+
+
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     from napari_genreg.training.data import prepare_dataset
     from napari_genreg.training.sources import search_builtin_sources
@@ -468,6 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reconstruct": cmd_reconstruct,
         "compare": cmd_compare,
         "prepare-data": cmd_prepare_data,
+        "train": cmd_train,
     }
     from napari_genreg.io.errors import ReadError, WriteError
     from napari_genreg.recon import ReconstructionError
