@@ -1,0 +1,878 @@
+"""The Reconstruct dock widget: Qt controls wired to :mod:`._session`.
+
+The widget holds no numerics. It builds a :class:`~._session.ReconRequest` from its controls,
+runs :func:`~._session.run_request` (the generator the CLI's code path also drives) in a napari
+``thread_worker``, and turns the events into a progress bar, a throttled preview layer, result
+layers, a metrics table and a convergence plot. torch is not imported by this module: the method
+registry is loaded in a worker thread when the widget opens, and the run imports the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSizePolicy,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_genreg._napari import _session as session
+from napari_genreg.physics.masks import MASKS
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Layer
+
+logger = logging.getLogger(__name__)
+
+#: The mask chosen when the widget opens.
+DEFAULT_MASK = "poisson"
+#: Regularisers checked when the widget opens (those of them that are registered).
+DEFAULT_METHODS = ("zero-filled", "tv")
+#: Milliseconds the live mask waits for more control changes before it is redrawn.
+MASK_DEBOUNCE_MS = 120
+#: Milliseconds between two updates of napari's progress bar.
+PROGRESS_INTERVAL_MS = 100
+#: Pixels the metrics table may widen the dock to, at most.
+MAX_TABLE_WIDTH = 480
+#: Prefix of the mask choices that take a drawn layer.
+CUSTOM_PREFIX = "custom: from layer "
+
+
+class ReconstructionFailed(Exception):
+    """A run failed in the worker thread.
+
+    superqt's ``GeneratorWorker`` takes any ``RuntimeError`` out of the generator for a deleted
+    worker: it only warns, and never emits ``errored`` or ``finished``. Reconstruction errors
+    (and torch's) are ``RuntimeError`` subclasses, so they are re-raised as this instead.
+    """
+
+
+def _run_in_thread(
+    request: session.ReconRequest,
+) -> Generator[session.RunEvent, None, tuple[session.MethodResult, ...]]:
+    """:func:`~._session.run_request`, with ``RuntimeError`` re-raised as
+    :class:`ReconstructionFailed` (see there)."""
+    try:
+        return (yield from session.run_request(request))
+    except RuntimeError as exc:
+        raise ReconstructionFailed(str(exc)) from exc
+
+
+def _load_choices() -> session.Choices:
+    return session.load_choices()
+
+
+def _layer_from(data: session.LayerData) -> Layer:
+    from napari.layers import Layer
+
+    array, kwargs, kind = data
+    return Layer.create(array, kwargs, kind)
+
+
+class ConvergencePlot(QWidget):
+    """The objective per iteration of each iterative method of a run, matplotlib in Qt.
+
+    Each curve is divided by its first value, so methods whose objectives differ by orders of
+    magnitude (different regularisers, different weights) share one axis; closed-form methods
+    (one iterate) have no curve.
+    """
+
+    def __init__(self, theme: str = "dark", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        background, text = _theme_colors(theme)
+        self.figure = Figure(figsize=(3.2, 2.2), facecolor=background, layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(180)
+        self.axes = self.figure.add_subplot()
+        self.axes.set_facecolor(background)
+        for spine in self.axes.spines.values():
+            spine.set_color(text)
+        self.axes.tick_params(colors=text, labelsize=7)
+        self.axes.set_xlabel("iteration", color=text, fontsize=8)
+        self.axes.set_ylabel("objective / first", color=text, fontsize=8)
+        self._text = text
+        self._lines: dict[str, Any] = {}
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.canvas)
+
+    def clear(self) -> None:
+        """Remove every curve."""
+        for line in self._lines.values():
+            line.remove()
+        self._lines.clear()
+        legend = self.axes.get_legend()
+        if legend is not None:
+            legend.remove()
+        self.canvas.draw_idle()
+
+    def set_curve(self, name: str, objectives: list[float]) -> None:
+        """Show (or update) the curve of method ``name`` (nothing for fewer than 2 values)."""
+        y = np.asarray(objectives, dtype=float)
+        if y.size < 2 or not np.isfinite(y[0]) or y[0] == 0:
+            return
+        y = y / abs(y[0])
+        x = np.arange(1, y.size + 1)
+        if name not in self._lines:
+            (self._lines[name],) = self.axes.plot(x, y, lw=1.2, label=name)
+            self.axes.legend(fontsize=7, frameon=False, labelcolor=self._text)
+        else:
+            self._lines[name].set_data(x, y)
+        values = np.concatenate([line.get_ydata() for line in self._lines.values()])
+        values = values[np.isfinite(values)]
+        spread = values.max() / values.min() if values.size and values.min() > 0 else 0.0
+        self.axes.set_yscale("log" if spread > 20 else "linear")
+        self.axes.relim()
+        self.axes.autoscale_view()
+        self.canvas.draw_idle()
+
+    def curves(self) -> dict[str, np.ndarray]:
+        """``name -> y`` of the curves shown (for tests)."""
+        return {name: np.asarray(line.get_ydata()) for name, line in self._lines.items()}
+
+
+def _theme_colors(theme: str) -> tuple[str, str]:
+    """``(background, text)`` of a napari theme, as hex colours."""
+    try:
+        from napari.utils.theme import get_theme
+
+        t = get_theme(theme)
+        return t.background.as_hex(), t.text.as_hex()
+    except Exception:  # an unknown or "system" theme: napari's dark default
+        return "#262930", "#f0f1f2"
+
+
+class ReconstructWidget(QWidget):
+    """Point-and-click reconstruction of k-space (or of k-space simulated from an image).
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer whose layers are the inputs and receive the results.
+    """
+
+    #: Emitted when a run has ended (finished, failed or cancelled) and the widget is idle.
+    run_finished = Signal()
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.choices: session.Choices | None = None
+        self.worker: Any = None
+        self.results: list[session.MethodResult] = []
+        self._mask_layer: Any = None
+        self._preview_layer: Any = None
+        self._mask_source: Any = None
+        self._hidden_for_grid: list[Any] = []
+        self._named_for_grid: list[Any] = []
+        self._history: dict[str, list[float]] = {}
+        self._pbar: Any = None
+        self._last: session.IterationEvent | None = None
+        self._display_range: tuple[float, float] = (0.0, 1.0)
+        self._run_mask: np.ndarray | None = None
+        self._scale: tuple[float, float] = (1.0, 1.0)
+        self._failed = False
+        self._cancelled = False
+
+        self._mask_timer = QTimer(self)
+        self._mask_timer.setSingleShot(True)
+        self._mask_timer.setInterval(MASK_DEBOUNCE_MS)
+        self._mask_timer.timeout.connect(self.refresh_mask)
+        # napari's progress bar runs QApplication.processEvents() on every update, which would
+        # re-enter the worker's event handlers; the bar is therefore synced from a timer.
+        self._progress_timer = QTimer(self)
+        self._progress_timer.setInterval(PROGRESS_INTERVAL_MS)
+        self._progress_timer.timeout.connect(self._sync_progress)
+        self._syncing = False
+        self._done = 0
+        self._description = ""
+
+        self._build_ui()
+        self._rebuild_layer_choices()
+        layers = self.viewer.layers
+        layers.events.inserted.connect(self._on_layers_changed)
+        layers.events.removed.connect(self._on_layers_changed)
+        for layer in layers:
+            layer.events.name.connect(self._on_layers_changed)
+        self._on_input_changed()
+        self.refresh_mask()
+        self._start_loading_choices()
+
+    # ------------------------------------------------------------------------------ layout
+
+    def _build_ui(self) -> None:
+        root = QVBoxLayout(self)
+
+        box = QGroupBox("Input")
+        form = QFormLayout(box)
+        self.input_combo = QComboBox()
+        self.input_combo.setToolTip(
+            "A k-space layer (from this plugin's reader or sample) or any grey-scale image "
+            "layer, from which single-coil k-space is simulated"
+        )
+        self.input_info = QLabel()
+        self.input_info.setWordWrap(True)
+        self.noise_spin = QDoubleSpinBox()
+        self.noise_spin.setRange(0.0, 1.0)
+        self.noise_spin.setDecimals(4)
+        self.noise_spin.setSingleStep(0.005)
+        self.noise_spin.setValue(session.DEFAULT_NOISE_SIGMA)
+        self.noise_spin.setToolTip(
+            "Image inputs: standard deviation of the complex k-space noise, relative to the "
+            "image maximum"
+        )
+        self.noise_seed = QSpinBox()
+        self.noise_seed.setRange(0, 2**31 - 1)
+        self.noise_seed.setToolTip("Image inputs: seed of the simulated noise")
+        self.noise_row = QWidget()
+        noise_row = QHBoxLayout(self.noise_row)
+        noise_row.setContentsMargins(0, 0, 0, 0)
+        noise_row.addWidget(self.noise_spin)
+        noise_row.addWidget(QLabel("seed"))
+        noise_row.addWidget(self.noise_seed)
+        self.slice_spin = QSpinBox()
+        self.coil_maps_combo = QComboBox()
+        self.coil_maps_combo.addItems(["espirit", "lowres"])
+        self.coil_maps_combo.setToolTip("Coil sensitivities of multi-coil data")
+        form.addRow("layer", self.input_combo)
+        form.addRow(self.input_info)
+        form.addRow("noise σ", self.noise_row)
+        form.addRow("slice", self.slice_spin)
+        form.addRow("coil maps", self.coil_maps_combo)
+        self._input_form = form
+        root.addWidget(box)
+
+        box = QGroupBox("Sampling mask")
+        form = QFormLayout(box)
+        self.mask_combo = QComboBox()
+        self.mask_combo.setToolTip(
+            "A generated pattern, or a Labels layer painted / a Shapes layer drawn over k-space"
+        )
+        self.acceleration_spin = QDoubleSpinBox()
+        self.acceleration_spin.setRange(1.0, 64.0)
+        self.acceleration_spin.setDecimals(1)
+        self.acceleration_spin.setSingleStep(1.0)
+        self.acceleration_spin.setValue(4.0)
+        self.acceleration_spin.setSuffix("x")
+        self.center_spin = QDoubleSpinBox()
+        self.center_spin.setRange(-0.01, 0.5)
+        self.center_spin.setDecimals(3)
+        self.center_spin.setSingleStep(0.01)
+        self.center_spin.setSpecialValueText("auto")
+        self.center_spin.setValue(-0.01)
+        self.center_spin.setToolTip(
+            "Fully sampled centre: a fraction of the k_x lines (1-D masks) or of each side "
+            "(2-D masks); auto: 0.08, capped at half the sampling budget"
+        )
+        self.mask_seed = QSpinBox()
+        self.mask_seed.setRange(0, 2**31 - 1)
+        self.mask_info = QLabel()
+        self.mask_info.setWordWrap(True)
+        form.addRow("type", self.mask_combo)
+        form.addRow("acceleration", self.acceleration_spin)
+        form.addRow("centre", self.center_spin)
+        form.addRow("seed", self.mask_seed)
+        form.addRow(self.mask_info)
+        self._mask_form = form
+        root.addWidget(box)
+
+        box = QGroupBox("Regularisers")
+        form = QFormLayout(box)
+        self.method_list = QListWidget()
+        self.method_list.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.method_list.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        self.method_list.addItem("loading the methods…")
+        self.lam_edit = QLineEdit()
+        self.lam_edit.setPlaceholderText("auto")
+        self.lam_edit.setToolTip(
+            "Weight of the regulariser for every checked method that has one; empty: each "
+            "method's automatic rule"
+        )
+        self.iterations_spin = QSpinBox()
+        self.iterations_spin.setRange(0, 1_000_000)
+        self.iterations_spin.setSpecialValueText("per method")
+        self.iterations_spin.setToolTip("Iterations of every method; 0: each method's default")
+        self.device_combo = QComboBox()
+        self.device_combo.addItem("auto")
+        form.addRow(self.method_list)
+        form.addRow("lam", self.lam_edit)
+        form.addRow("iterations", self.iterations_spin)
+        form.addRow("device", self.device_combo)
+        root.addWidget(box)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.setEnabled(False)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        root.addLayout(buttons)
+        self.grid_check = QCheckBox("side by side (grid) when done")
+        self.grid_check.setChecked(True)
+        self.grid_check.setToolTip(
+            "Show the results in napari's grid mode, with the k-space and the sampling mask "
+            "hidden; unchecking restores them"
+        )
+        root.addWidget(self.grid_check)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        root.addWidget(self.status)
+
+        box = QGroupBox("Results")
+        self.results_box = box
+        layout = QVBoxLayout(box)
+        self.table = QTableWidget(0, len(session.METRICS_COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(session.METRICS_COLUMNS))
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.setMinimumHeight(110)
+        header = self.table.horizontalHeader()
+        for column, tip in enumerate(
+            (
+                "The regulariser (hover a row for its layer)",
+                "Peak signal-to-noise ratio against the reference, dB",
+                "Structural similarity against the reference",
+                "Normalised mean squared error ||ref - x||² / ||ref||²",
+                "The weight used",
+                "Iterations run",
+                "Seconds",
+            )
+        ):
+            self.table.horizontalHeaderItem(column).setToolTip(tip)
+        header.setMinimumSectionSize(24)
+        self.plot = ConvergencePlot(theme=str(getattr(self.viewer, "theme", "dark")))
+        layout.addWidget(self.table)
+        layout.addWidget(self.plot)
+        root.addWidget(box)
+
+        self.input_combo.currentIndexChanged.connect(self._on_input_changed)
+        self.slice_spin.valueChanged.connect(self._schedule_mask_refresh)
+        self.mask_combo.currentIndexChanged.connect(self._on_mask_choice_changed)
+        for spin in (self.acceleration_spin, self.center_spin, self.mask_seed):
+            spin.valueChanged.connect(self._schedule_mask_refresh)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.grid_check.toggled.connect(self._on_grid_toggled)
+
+    # ------------------------------------------------------------------- method registry
+
+    def _start_loading_choices(self) -> None:
+        from napari.qt.threading import thread_worker
+        from superqt.utils import FunctionWorker
+
+        worker = thread_worker(
+            _load_choices, start_thread=False, worker_class=FunctionWorker, ignore_errors=True
+        )()
+        worker.returned.connect(self._set_choices)
+        worker.errored.connect(lambda exc: show_error(f"Reconstruct: cannot load methods: {exc}"))
+        self._choices_worker = worker
+        worker.start()
+
+    def _set_choices(self, choices: session.Choices) -> None:
+        self.choices = choices
+        self.method_list.clear()
+        for info in choices.methods:
+            iterations = f"{info.default_iterations} iteration" + (
+                "s" if info.default_iterations != 1 else ""
+            )
+            item = QListWidgetItem(f"{info.name}  ({iterations})")
+            item.setData(Qt.ItemDataRole.UserRole, info.name)
+            item.setToolTip(info.description)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            checked = info.name in DEFAULT_METHODS
+            item.setCheckState(Qt.CheckState.Checked if checked else Qt.CheckState.Unchecked)
+            self.method_list.addItem(item)
+        rows = self.method_list.count()
+        self.method_list.setMaximumHeight(self.method_list.sizeHintForRow(0) * rows + 6)
+        self.device_combo.clear()
+        self.device_combo.addItems(list(choices.devices))
+        self._update_run_button()
+
+    def is_ready(self) -> bool:
+        """True once the regularisers are listed (they load in a thread when the widget opens)."""
+        return self.choices is not None
+
+    def set_methods(self, names: tuple[str, ...] | list[str]) -> None:
+        """Check exactly the regularisers ``names`` (those not registered are ignored)."""
+        for row in range(self.method_list.count()):
+            item = self.method_list.item(row)
+            name = item.data(Qt.ItemDataRole.UserRole)
+            if name is not None:
+                state = Qt.CheckState.Checked if name in names else Qt.CheckState.Unchecked
+                item.setCheckState(state)
+
+    def checked_methods(self) -> tuple[str, ...]:
+        """The checked regularisers, in the registry's order."""
+        names = []
+        for row in range(self.method_list.count()):
+            item = self.method_list.item(row)
+            name = item.data(Qt.ItemDataRole.UserRole)
+            if name is not None and item.checkState() == Qt.CheckState.Checked:
+                names.append(name)
+        return tuple(names)
+
+    # ---------------------------------------------------------------------------- layers
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        if event is not None and getattr(event, "type", "") == "inserted":
+            event.value.events.name.connect(self._on_layers_changed)
+        self._rebuild_layer_choices()
+
+    def _rebuild_layer_choices(self) -> None:
+        old_input = self.input_combo.currentText()
+        old_mask = self.mask_combo.currentData()
+        inputs = [layer.name for layer in self.viewer.layers if session.input_kind(layer)]
+        sources = [layer.name for layer in self.viewer.layers if session.is_mask_source(layer)]
+
+        self.input_combo.blockSignals(True)
+        self.input_combo.clear()
+        self.input_combo.addItems(inputs)
+        if old_input in inputs:
+            self.input_combo.setCurrentText(old_input)
+        else:
+            kspace = [n for n in inputs if session.input_kind(self.viewer.layers[n]) == "kspace"]
+            self.input_combo.setCurrentText((kspace or inputs or [""])[0])
+        self.input_combo.blockSignals(False)
+
+        self.mask_combo.blockSignals(True)
+        self.mask_combo.clear()
+        for name in MASKS:
+            self.mask_combo.addItem(name, f"generated:{name}")
+        for name in sources:
+            self.mask_combo.addItem(CUSTOM_PREFIX + name, f"layer:{name}")
+        index = self.mask_combo.findData(old_mask) if old_mask is not None else -1
+        if index < 0:
+            index = self.mask_combo.findData(f"generated:{DEFAULT_MASK}")
+        self.mask_combo.setCurrentIndex(max(index, 0))
+        self.mask_combo.blockSignals(False)
+
+        if self.input_combo.currentText() != old_input:
+            self._on_input_changed()
+        elif self.mask_combo.currentData() != old_mask:
+            self._on_mask_choice_changed()
+
+    def input_layer(self) -> Any:
+        """The chosen input layer, or ``None``."""
+        name = self.input_combo.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    def _on_input_changed(self, *_: Any) -> None:
+        layer = self.input_layer()
+        is_image = layer is not None and session.input_kind(layer) == "image"
+        slices = session.slice_count(layer) if layer is not None else 1
+        coils = session.coil_count(layer) if layer is not None else 1
+        self.input_info.setText(session.describe_input(layer) if layer is not None else "no input")
+        _set_row_visible(self._input_form, self.noise_row, is_image)
+        _set_row_visible(self._input_form, self.slice_spin, slices > 1)
+        _set_row_visible(self._input_form, self.coil_maps_combo, coils > 1)
+        self.slice_spin.setRange(0, max(slices - 1, 0))
+        self._on_mask_choice_changed()
+
+    def _on_mask_choice_changed(self, *_: Any) -> None:
+        layer = self.input_layer()
+        acquired = layer is not None and session.acquired_mask(layer) is not None
+        choice = self.mask_choice()
+        generated = choice[0] == "generated" and not acquired
+        self.mask_combo.setEnabled(not acquired)
+        for spin in (self.acceleration_spin, self.center_spin, self.mask_seed):
+            spin.setEnabled(generated)
+        self._watch_mask_source(None if acquired or choice[0] != "layer" else choice[1])
+        self._schedule_mask_refresh()
+
+    def _watch_mask_source(self, name: str | None) -> None:
+        """Redraw the live mask when the drawn layer ``name`` changes."""
+        if self._mask_source is not None:
+            for emitter in self._source_events(self._mask_source):
+                emitter.disconnect(self._schedule_mask_refresh)
+        self._mask_source = None
+        if name is not None and name in self.viewer.layers:
+            self._mask_source = self.viewer.layers[name]
+            for emitter in self._source_events(self._mask_source):
+                emitter.connect(self._schedule_mask_refresh)
+
+    @staticmethod
+    def _source_events(layer: Any) -> list[Any]:
+        events = layer.events
+        return [getattr(events, n) for n in ("data", "paint", "set_data") if hasattr(events, n)]
+
+    # ------------------------------------------------------------------------------ mask
+
+    def _schedule_mask_refresh(self, *_: Any) -> None:
+        self._mask_timer.start()
+
+    def mask_choice(self) -> tuple[str, str]:
+        """``("generated", mask kind)`` or ``("layer", layer name)``."""
+        data = self.mask_combo.currentData() or f"generated:{DEFAULT_MASK}"
+        origin, _, value = str(data).partition(":")
+        return origin, value
+
+    def set_mask_choice(self, kind: str | None = None, layer: str | None = None) -> None:
+        """Choose a generated mask ``kind`` or the layer called ``layer``."""
+        data = f"generated:{kind}" if layer is None else f"layer:{layer}"
+        index = self.mask_combo.findData(data)
+        if index < 0:
+            raise ValueError(f"no mask choice {data!r}")
+        self.mask_combo.setCurrentIndex(index)
+
+    def mask_spec(self) -> session.MaskSpec:
+        """The generated mask the controls describe."""
+        choice = self.mask_choice()
+        centre = self.center_spin.value()
+        return session.MaskSpec(
+            kind=choice[1] if choice[0] == "generated" else DEFAULT_MASK,
+            acceleration=self.acceleration_spin.value(),
+            center_fraction=None if centre < 0 else centre,
+            seed=self.mask_seed.value(),
+        )
+
+    def current_mask(self) -> session.ResolvedMask:
+        """The mask the chosen input and the mask controls give (:func:`~._session.resolve_mask`).
+
+        Raises
+        ------
+        ValueError
+            Without an input, or for a mask that cannot be drawn (an empty or misfitting layer,
+            a centre too large for the acceleration).
+        """
+        layer = self.input_layer()
+        if layer is None:
+            raise ValueError("no input: open k-space or an image (File > Open Sample)")
+        origin, value = self.mask_choice()
+        if origin == "layer":
+            if value not in self.viewer.layers:
+                raise ValueError(f"the mask layer {value!r} is gone")
+            return session.resolve_mask(layer, drawn=self.viewer.layers[value])
+        return session.resolve_mask(layer, spec=self.mask_spec())
+
+    def refresh_mask(self) -> None:
+        """Redraw the live mask layer and its acceleration from the controls."""
+        self._mask_timer.stop()
+        layer = self.input_layer()
+        if layer is None:
+            self.mask_info.setText("no input layer")
+            return
+        try:
+            resolved = self.current_mask()
+        except ValueError as exc:
+            self.mask_info.setText(f"<span style='color:#ff6b6b'>{exc}</span>")
+            return
+        self.mask_info.setText(resolved.summary)
+        self._show_mask(resolved.mask, session.grid_scale(layer))
+
+    def _show_mask(self, mask: np.ndarray, scale: tuple[float, float]) -> None:
+        data = mask.astype(np.uint8)
+        if self._mask_layer is not None and self._mask_layer in self.viewer.layers:
+            self._mask_layer.data = data
+            self._mask_layer.scale = scale
+            return
+        self._mask_layer = self.viewer.add_layer(_layer_from(session.mask_layer(mask, scale)))
+
+    @property
+    def history(self) -> dict[str, list[float]]:
+        """``method -> objectives`` received so far in the current (or last) run."""
+        return {name: list(values) for name, values in self._history.items()}
+
+    @property
+    def mask_layer(self) -> Any:
+        """The live sampling-mask layer (``None`` before the first mask)."""
+        return self._mask_layer
+
+    # ------------------------------------------------------------------------------- run
+
+    def _update_run_button(self) -> None:
+        running = self.worker is not None
+        self.run_button.setEnabled(self.is_ready() and not running)
+        self.cancel_button.setEnabled(running)
+
+    def build_request(self) -> session.ReconRequest:
+        """The request the controls describe.
+
+        Raises
+        ------
+        ValueError
+            For a missing input, a mask that cannot be drawn, no regulariser, a bad lam.
+        """
+        layer = self.input_layer()
+        if layer is None:
+            raise ValueError("no input: open k-space or an image (File > Open Sample)")
+        resolved = self.current_mask()
+        text = self.lam_edit.text().strip()
+        lam = None
+        if text and text.lower() != "auto":
+            try:
+                lam = float(text)
+            except ValueError:
+                raise ValueError(f"lam must be a number or empty (auto), got {text!r}") from None
+        data = session.load_input(
+            layer,
+            slice_index=self.slice_spin.value(),
+            noise_sigma=self.noise_spin.value(),
+            seed=self.noise_seed.value(),
+        )
+        image_input = session.input_kind(layer) == "image"
+        return session.ReconRequest(
+            data=data,
+            mask=None if resolved.acquired else resolved.mask,
+            mask_label=resolved.label,
+            methods=self.checked_methods(),
+            lam=lam,
+            iterations=self.iterations_spin.value() or None,
+            device=self.device_combo.currentText() or "auto",
+            coil_maps=self.coil_maps_combo.currentText(),
+            source=layer.name,
+            scale=session.grid_scale(layer) if image_input else (1.0, 1.0),
+        )
+
+    def run(self) -> None:
+        """Start a run with the current settings (a no-op while one is running).
+
+        Errors in the settings are shown as a notification and nothing is started.
+        """
+        if self.worker is not None or not self.is_ready():
+            return
+        try:
+            request = self.build_request()
+            planned = request.planned_iterations()
+        except Exception as exc:
+            show_error(f"Reconstruct: {exc}")
+            return
+        self.start(request, planned)
+
+    def start(self, request: session.ReconRequest, planned: dict[str, int]) -> None:
+        """Run ``request`` in a ``thread_worker`` (``planned``: iterations per method)."""
+        from napari.qt.threading import thread_worker
+        from napari.utils import progress
+        from superqt.utils import GeneratorWorker
+
+        self.results = []
+        self._history = {}
+        self._last = None
+        self._failed = False
+        self._cancelled = False
+        self._run_mask = request.mask
+        self._scale = request.scale
+        self.table.setRowCount(0)
+        self.results_box.setTitle(f"Results: {request.mask_label}")
+        self.plot.clear()
+        self._pbar = progress(total=sum(planned.values()), desc="Reconstruct")
+        self._done = 0
+        self._description = "Reconstruct"
+        # superqt's plain GeneratorWorker: napari's would also relay errors as tracebacks.
+        worker = thread_worker(
+            _run_in_thread, start_thread=False, worker_class=GeneratorWorker, ignore_errors=True
+        )(request)
+        worker.yielded.connect(self._on_event)
+        worker.errored.connect(self._on_error)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.destroyed.connect(worker.quit)  # the dock closes: stop computing
+        self.status.setText(f"building the problem ({request.mask_label})…")
+        self._update_run_button()
+        self._progress_timer.start()
+        worker.start()
+
+    def cancel(self) -> None:
+        """Ask the running worker to stop after the iteration in progress."""
+        if self.worker is not None:
+            self.worker.quit()
+            self.status.setText("cancelling…")
+
+    # -------------------------------------------------------------------- worker events
+
+    def _on_event(self, event: session.RunEvent) -> None:
+        if isinstance(event, session.ProblemReady):
+            self._display_range = event.display_range
+            info = event.info
+            self.status.setText(
+                f"{info['kspace_shape'][0]}x{info['kspace_shape'][1]}, {info['coils']} coil(s), "
+                f"{info['acceleration']:.2f}x, noise σ {info['noise_sigma']:.3g} on "
+                f"{info['device']}"
+            )
+        elif isinstance(event, session.IterationEvent):
+            self._on_iteration(event)
+        elif isinstance(event, session.MethodFinished):
+            self._on_method_finished(event.result)
+
+    def _on_iteration(self, event: session.IterationEvent) -> None:
+        history = self._history.setdefault(event.method, [])
+        history.append(event.objective)
+        self._last = event
+        self._done += 1
+        self._description = f"Reconstruct: {event.method}"
+        if event.preview is not None:
+            self._show_preview(event.preview)
+            self.plot.set_curve(event.method, history)
+            self.status.setText(
+                f"{event.method}: iteration {event.iteration} of {event.planned}, "
+                f"objective {event.objective:.4g}"
+            )
+
+    def _show_preview(self, image: np.ndarray) -> None:
+        layer = self._preview_layer
+        if layer is not None and layer in self.viewer.layers:
+            layer.data = image
+            layer.contrast_limits = self._display_range
+            return
+        data = session.preview_layer(image, self._display_range, self._scale)
+        self._preview_layer = self.viewer.add_layer(_layer_from(data))
+
+    def _on_method_finished(self, result: session.MethodResult) -> None:
+        self.results.append(result)
+        done = len(self._history.get(result.method, []))
+        planned = self._last.planned if self._last is not None else done
+        self._done += max(planned - done, 0)  # converged early, or a closed form
+        self.viewer.add_layer(_layer_from(session.result_layer(result, self._run_mask)))
+        row = self.table.rowCount()
+        self.table.insertRow(row)
+        for column, text in enumerate(session.metrics_row(result)):
+            item = QTableWidgetItem(text)
+            item.setToolTip(result.name)
+            if column == 4 and result.lam_automatic:
+                item.setToolTip(f"{result.name}: lam from the automatic rule")
+            if column:
+                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            self.table.setItem(row, column, item)
+        self.plot.set_curve(result.method, list(result.objectives))
+        self._fit_table()
+
+    def _fit_table(self) -> None:
+        """Widen the table (and so the dock) to show every column, up to a limit."""
+        self.table.resizeColumnsToContents()
+        width = self.table.horizontalHeader().length() + 2 * self.table.frameWidth() + 2
+        self.table.setMinimumWidth(min(width, MAX_TABLE_WIDTH))
+
+    def _on_error(self, exc: BaseException) -> None:
+        from napari_genreg.recon import ReconstructionError
+
+        if isinstance(exc, ReconstructionFailed) and exc.__cause__ is not None:
+            exc = exc.__cause__
+        known = isinstance(exc, ValueError | ReconstructionError | MemoryError)
+        message = str(exc) if known else f"{type(exc).__name__}: {exc}"
+        if not known:  # a bug rather than a bad input: keep the traceback in the log
+            logger.error("reconstruction failed", exc_info=(type(exc), exc, exc.__traceback__))
+        self._failed = True
+        show_error(f"Reconstruct failed: {message}")
+        self.status.setText(f"failed: {message}")
+
+    def _on_aborted(self) -> None:
+        where = (
+            ""
+            if self._last is None
+            else (f" in {self._last.method} at iteration {self._last.iteration}")
+        )
+        kept = f"; {len(self.results)} finished result(s) kept" if self.results else ""
+        self._cancelled = True
+        show_info(f"Reconstruct: cancelled{where}{kept}")
+        self.status.setText(f"cancelled{where}{kept}")
+
+    def _sync_progress(self) -> None:
+        """Bring napari's progress bar up to date (never re-entered)."""
+        pbar = self._pbar
+        if pbar is None or self._syncing:
+            return
+        self._syncing = True
+        try:
+            if pbar.desc != self._description:
+                pbar.set_description(self._description)
+            if self._done > pbar.n:
+                pbar.update(self._done - pbar.n)
+        finally:
+            self._syncing = False
+
+    def _on_finished(self) -> None:
+        if self._syncing:  # inside the progress bar's processEvents(): finish right after
+            QTimer.singleShot(0, self._on_finished)
+            return
+        self._progress_timer.stop()
+        self._sync_progress()
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        if self._preview_layer is not None and self._preview_layer in self.viewer.layers:
+            self.viewer.layers.remove(self._preview_layer)
+        self._preview_layer = None
+        if self.worker is not None:
+            self.destroyed.disconnect(self.worker.quit)
+        self.worker = None
+        self._update_run_button()
+        if not (self._failed or self._cancelled):
+            names = ", ".join(r.name for r in self.results)
+            self.status.setText(f"done: {names}")
+            if self.results and self.grid_check.isChecked():
+                self._show_grid()
+        self.run_finished.emit()
+
+    # ---------------------------------------------------------------------------- grid
+
+    def _show_grid(self) -> None:
+        """Grid mode with the k-space and the live mask hidden (they are not images) and each
+        image's name written in its cell."""
+        for layer in self.viewer.layers:
+            kind = session.layer_kind(layer)
+            if layer.visible and (kind == "kspace" or kind == session.KIND_MASK):
+                layer.visible = False
+                self._hidden_for_grid.append(layer)
+            overlay = getattr(layer, "name_overlay", None)  # napari >= 0.6
+            if layer.visible and overlay is not None and not overlay.visible:
+                overlay.visible = True
+                self._named_for_grid.append(layer)
+        _grid(self.viewer).enabled = True
+
+    def _on_grid_toggled(self, checked: bool) -> None:
+        if checked:
+            if self.results:
+                self._show_grid()
+            return
+        _grid(self.viewer).enabled = False
+        for layer in self._hidden_for_grid:
+            if layer in self.viewer.layers:
+                layer.visible = True
+        for layer in self._named_for_grid:
+            if layer in self.viewer.layers:
+                layer.name_overlay.visible = False
+        self._hidden_for_grid = []
+        self._named_for_grid = []
+
+
+def _set_row_visible(form: QFormLayout, field: QWidget, visible: bool) -> None:
+    """Show or hide a form row (its field and its label)."""
+    field.setVisible(visible)
+    label = form.labelForField(field)
+    if label is not None:
+        label.setVisible(visible)
+
+
+def _grid(viewer: Any) -> Any:
+    """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9, ``viewer.grid``
+    before)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid

@@ -1,0 +1,336 @@
+"""The Reconstruct widget end to end through napari (needs Xvfb)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402
+
+from napari_genreg._napari._layers import METADATA_KEY  # noqa: E402
+from napari_genreg._napari._session import MASK_LAYER_NAME, PREVIEW_LAYER_NAME  # noqa: E402
+from napari_genreg.metrics import evaluate  # noqa: E402
+from napari_genreg.physics.masks import make_mask  # noqa: E402
+
+TIMEOUT_MS = 30_000
+
+
+@pytest.fixture
+def notifications():
+    """The notifications dispatched during the test."""
+    start = len(notification_manager.records)
+
+    class Recorder:
+        def errors(self) -> list[str]:
+            return [
+                str(n.message)
+                for n in notification_manager.records[start:]
+                if n.severity == NotificationSeverity.ERROR
+            ]
+
+        def infos(self) -> list[str]:
+            return [
+                str(n.message)
+                for n in notification_manager.records[start:]
+                if n.severity == NotificationSeverity.INFO
+            ]
+
+    return Recorder()
+
+
+@pytest.fixture
+def sample(make_napari_viewer, qtbot):
+    """A viewer with the brain sample and the Reconstruct widget docked, ready to run."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-genreg", "brain")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-genreg", "Reconstruct")
+    qtbot.waitUntil(widget.is_ready, timeout=TIMEOUT_MS)
+    widget.refresh_mask()
+    return viewer, widget
+
+
+def run_and_wait(qtbot, widget) -> None:
+    """Press Run and wait until the worker has finished and the widget has handled it (the
+    widget relays the worker's ``finished`` as ``run_finished``, connected before the run)."""
+    with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS):
+        widget.run_button.click()
+        assert widget.worker is not None, "the run did not start"
+    assert widget.worker is None
+
+
+def grid(viewer):
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
+
+
+def layer_state(viewer) -> list[tuple[str, bytes]]:
+    return [(layer.name, np.asarray(layer.data).tobytes()) for layer in viewer.layers]
+
+
+def test_the_manifest_offers_the_reconstruct_widget():
+    import npe2
+
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+    manifest = pm.get_manifest("napari-genreg")
+    assert [w.display_name for w in manifest.contributions.widgets] == ["Reconstruct"]
+    validate = subprocess.run(
+        [sys.executable, "-m", "npe2", "validate", "napari-genreg"], capture_output=True, text=True
+    )
+    assert validate.returncode == 0, validate.stdout + validate.stderr
+
+
+def test_importing_the_widget_does_not_import_torch():
+    code = (
+        "import sys; import napari_genreg._napari._reconstruct_widget; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_two_regularisers_end_to_end(sample, qtbot):
+    viewer, widget = sample
+    assert widget.input_combo.currentText() == "brain k-space"
+    assert widget.mask_choice() == ("generated", "poisson")
+    widget.set_methods(["zero-filled", "tv"])
+    widget.iterations_spin.setValue(25)
+    added = []
+    viewer.layers.events.inserted.connect(lambda event: added.append(event.value.name))
+    run_and_wait(qtbot, widget)
+    assert added[0] == PREVIEW_LAYER_NAME  # the live preview came first, then the results
+
+    reference = viewer.layers["brain"].data
+    names = ["zero-filled · poisson 4x", "tv · poisson 4x"]
+    assert [layer.name for layer in viewer.layers][-2:] == names
+    assert PREVIEW_LAYER_NAME not in viewer.layers
+    assert widget.table.rowCount() == 2
+    for row, name in enumerate(names):
+        layer = viewer.layers[name]
+        assert layer.data.shape == reference.shape == (128, 128)
+        assert np.all(np.isfinite(layer.data))
+        # on the input's intensity scale
+        assert 0.8 < layer.data.max() / reference.max() < 1.25
+        assert tuple(layer.contrast_limits) == (0.0, pytest.approx(float(reference.max())))
+        metrics = evaluate(reference, layer.data)
+        assert widget.table.item(row, 0).text() == name.split(" · ")[0]
+        assert widget.table.item(row, 1).text() == f"{metrics.psnr:.2f}"
+        assert widget.table.item(row, 2).text() == f"{metrics.ssim:.4f}"
+        meta = layer.metadata[METADATA_KEY]
+        assert meta["metrics"]["psnr"] == pytest.approx(metrics.psnr)
+        assert meta["problem"]["kspace_shape"] == [128, 128]
+        np.testing.assert_array_equal(meta["mask"], viewer.layers[MASK_LAYER_NAME].data == 1)
+    tv = viewer.layers["tv · poisson 4x"].metadata[METADATA_KEY]
+    assert tv["iterations"] == 25 and len(tv["objectives"]) == 25 and tv["lam"] > 0
+    assert tv["settings"]["lam_automatic"] and tv["settings"]["regularizer"] == "tv"
+    assert tv["metrics"]["psnr"] > viewer.layers[names[0]].metadata[METADATA_KEY]["metrics"]["psnr"]
+    assert widget.results_box.title() == "Results: poisson 4x"
+    curves = widget.plot.curves()  # relative to the first objective; none for a closed form
+    assert set(curves) == {"tv"} and len(curves["tv"]) == 25 and curves["tv"][0] == 1
+    # side by side: grid mode, with the k-space and the mask hidden
+    assert grid(viewer).enabled
+    assert not viewer.layers["brain k-space"].visible
+    assert not viewer.layers[MASK_LAYER_NAME].visible
+    widget.grid_check.setChecked(False)
+    assert not grid(viewer).enabled and viewer.layers["brain k-space"].visible
+
+
+def test_the_live_mask_follows_the_controls(sample, qtbot):
+    viewer, widget = sample
+    mask_layer = viewer.layers[MASK_LAYER_NAME]
+    expected = make_mask("poisson", (128, 128), acceleration=4, seed=0)
+    np.testing.assert_array_equal(mask_layer.data == 1, expected)
+    assert "4.00x achieved" in widget.mask_info.text()
+
+    widget.set_mask_choice("random")
+    widget.acceleration_spin.setValue(8)
+    widget.mask_seed.setValue(3)
+    expected = make_mask("random", (128, 128), acceleration=8, seed=3)
+    qtbot.waitUntil(lambda: np.array_equal(mask_layer.data == 1, expected), timeout=TIMEOUT_MS)
+    assert widget.mask_info.text().startswith("1-D")
+    rate = expected.size / expected.sum()
+    assert f"{rate:.2f}x achieved" in widget.mask_info.text()
+
+    widget.center_spin.setValue(0.5)  # too large a centre for 8x: an error, the layer stays
+    qtbot.waitUntil(lambda: "lower center_fraction" in widget.mask_info.text())
+    np.testing.assert_array_equal(mask_layer.data == 1, expected)
+    assert [layer.name for layer in viewer.layers].count(MASK_LAYER_NAME) == 1
+
+
+def test_a_painted_labels_mask_is_used(sample, qtbot):
+    viewer, widget = sample
+    painted = np.zeros((128, 128), np.uint8)
+    painted[:, 48:80] = 1
+    painted[:, ::4] = 1
+    viewer.add_labels(painted, name="my lines")
+    widget.set_mask_choice(layer="my lines")
+    assert not widget.acceleration_spin.isEnabled()
+    qtbot.waitUntil(
+        lambda: np.array_equal(viewer.layers[MASK_LAYER_NAME].data == 1, painted == 1),
+        timeout=TIMEOUT_MS,
+    )
+    # painting more updates the live mask
+    labels = viewer.layers["my lines"]
+    labels.brush_size = 1
+    labels.paint((5, 2), 1)
+    qtbot.waitUntil(lambda: viewer.layers[MASK_LAYER_NAME].data[5, 2] == 1, timeout=TIMEOUT_MS)
+
+    widget.set_methods(["zero-filled"])
+    run_and_wait(qtbot, widget)
+    drawn = viewer.layers["my lines"].data != 0
+    rate = drawn.size / drawn.sum()
+    layer = viewer.layers[f"zero-filled · my lines {rate:.1f}x"]
+    np.testing.assert_array_equal(layer.metadata[METADATA_KEY]["mask"], drawn)
+
+
+def test_drawn_shapes_are_a_mask(sample, qtbot):
+    viewer, widget = sample
+    lines = [np.array([[float(r), 0.0], [float(r), 127.0]]) for r in range(0, 128, 3)]
+    box = np.array([[54.0, 54.0], [54.0, 74.0], [74.0, 74.0], [74.0, 54.0]])
+    viewer.add_shapes([*lines, box], shape_type=["line"] * len(lines) + ["rectangle"], name="drawn")
+    widget.set_mask_choice(layer="drawn")
+    mask_layer = viewer.layers[MASK_LAYER_NAME]
+    qtbot.waitUntil(
+        lambda: mask_layer.data[::3].all() and mask_layer.data[60, 60], timeout=TIMEOUT_MS
+    )
+    assert not mask_layer.data[1, 0]
+    assert "achieved" in widget.mask_info.text()
+    viewer.layers["drawn"].add_lines(np.array([[1.0, 0.0], [1.0, 127.0]]))  # drawing more
+    qtbot.waitUntil(lambda: mask_layer.data[1].all(), timeout=TIMEOUT_MS)
+
+
+def test_cancel_stops_within_an_iteration(sample, qtbot, notifications):
+    viewer, widget = sample
+    before = layer_state(viewer)
+    widget.set_methods(["tv"])
+    widget.iterations_spin.setValue(200_000)
+    widget.run_button.click()
+    worker = widget.worker
+    qtbot.waitUntil(lambda: len(widget.history.get("tv", [])) >= 3, timeout=TIMEOUT_MS)
+    assert widget.cancel_button.isEnabled()
+    with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS):
+        widget.cancel_button.click()
+    assert widget.worker is None and worker.abort_requested
+    assert len(widget.history["tv"]) < 100_000
+    assert layer_state(viewer) == before  # no result, no preview left behind
+    assert not grid(viewer).enabled
+    assert any("cancelled in tv" in m for m in notifications.infos())
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_an_empty_drawn_mask_is_an_error_and_nothing_changes(sample, qtbot, notifications):
+    viewer, widget = sample
+    viewer.add_labels(np.zeros((128, 128), np.uint8), name="empty")
+    widget.set_mask_choice(layer="empty")
+    widget.refresh_mask()
+    before = layer_state(viewer)
+    widget.run_button.click()
+    assert widget.worker is None
+    assert any("samples nothing" in m for m in notifications.errors())
+    assert layer_state(viewer) == before
+
+
+def test_a_failing_method_is_an_error_and_nothing_changes(
+    sample, qtbot, notifications, monkeypatch
+):
+    from napari_genreg.recon import METHODS, ReconstructionError
+
+    tv = METHODS["tv"]
+
+    def failing(problem, lam):
+        states = tv.solve(problem, lam)
+        yield next(states)
+        yield next(states)
+        raise ReconstructionError("tv: the objective became nan at iteration 3")
+
+    monkeypatch.setitem(METHODS, "tv", replace(tv, solve=failing))
+    viewer, widget = sample
+    widget.set_methods(["tv"])
+    before = layer_state(viewer)
+    run_and_wait(qtbot, widget)
+    assert notifications.errors() == [
+        "Reconstruct failed: tv: the objective became nan at iteration 3"
+    ]
+    assert layer_state(viewer) == before
+    assert widget.status.text().startswith("failed") and widget.run_button.isEnabled()
+
+
+def test_an_image_layer_is_simulated(make_napari_viewer, qtbot):
+    from napari_genreg.samples import load_image
+
+    viewer = make_napari_viewer()
+    image = 7.0 * load_image("brain", 128)[::2, ::2]
+    viewer.add_image(image, name="phantom", scale=(0.5, 0.5))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-genreg", "Reconstruct")
+    qtbot.waitUntil(widget.is_ready, timeout=TIMEOUT_MS)
+    assert widget.input_combo.currentText() == "phantom"
+    assert widget.noise_spin.isVisibleTo(widget)
+    widget.noise_spin.setValue(0.0)
+    widget.set_mask_choice("gaussian1d")
+    widget.acceleration_spin.setValue(2)
+    widget.set_methods(["zero-filled", "least-squares"])
+    widget.lam_edit.setText("")
+    run_and_wait(qtbot, widget)
+    for name in ("zero-filled · gaussian1d 2x", "least-squares · gaussian1d 2x"):
+        layer = viewer.layers[name]
+        assert layer.data.shape == (64, 64) and tuple(layer.scale) == (0.5, 0.5)
+        assert 0.8 < layer.data.max() / image.max() < 1.25
+        psnr = layer.metadata[METADATA_KEY]["metrics"]["psnr"]
+        assert psnr == pytest.approx(evaluate(image, layer.data).psnr, rel=1e-5)
+        assert psnr > 20
+
+
+def test_rows_follow_the_input(make_napari_viewer, qtbot):
+    from napari.layers import Layer
+
+    from napari_genreg._napari._layers import kspace_layer
+    from napari_genreg.io import simulate_kspace
+
+    viewer = make_napari_viewer()
+    stack = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    data = simulate_kspace(stack, source="stack")
+    viewer.add_layer(Layer.create(*kspace_layer(data, "stack k-space")))
+    viewer.add_image(stack, name="stack")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-genreg", "Reconstruct")
+    qtbot.waitUntil(widget.is_ready, timeout=TIMEOUT_MS)
+    assert widget.input_combo.currentText() == "stack k-space"  # k-space first
+    assert widget.slice_spin.isVisibleTo(widget) and widget.slice_spin.maximum() == 2
+    assert not widget.noise_row.isVisibleTo(widget)
+    assert not widget.coil_maps_combo.isVisibleTo(widget)
+    widget.input_combo.setCurrentText("stack")
+    assert widget.noise_row.isVisibleTo(widget) and widget.slice_spin.isVisibleTo(widget)
+    widget.slice_spin.setValue(2)
+    request = widget.build_request()
+    np.testing.assert_allclose(request.data.reference[0], stack[2], rtol=1e-6)
+    viewer.layers.remove("stack")
+    assert widget.input_combo.currentText() == "stack k-space"
+
+
+def test_a_file_with_its_own_mask_keeps_it(make_napari_viewer, qtbot):
+    from napari.layers import Layer
+
+    from napari_genreg._napari._layers import kspace_layer
+    from napari_genreg.io import simulate_kspace
+    from napari_genreg.samples import load_image
+
+    full = simulate_kspace(load_image("brain", 128)[None], noise_sigma=0.01, source="acq")
+    own = make_mask("equispaced", (128, 128), acceleration=2, seed=0)
+    data = replace(full, kspace=full.kspace * own, mask=own)
+    viewer = make_napari_viewer()
+    viewer.add_layer(Layer.create(*kspace_layer(data, "acq k-space")))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-genreg", "Reconstruct")
+    qtbot.waitUntil(widget.is_ready, timeout=TIMEOUT_MS)
+    assert not widget.mask_combo.isEnabled()
+    assert "the file's own acquisition mask" in widget.mask_info.text()
+    np.testing.assert_array_equal(viewer.layers[MASK_LAYER_NAME].data == 1, own)
+    widget.set_methods(["zero-filled"])
+    run_and_wait(qtbot, widget)
+    rate = own.size / own.sum()
+    layer = viewer.layers[f"zero-filled · acquired {rate:.1f}x"]
+    assert layer.metadata[METADATA_KEY]["problem"]["retrospective"] is False
