@@ -80,3 +80,22 @@ def test_a_corrupt_file_raises_a_clear_error_and_leaves_the_viewer_intact(
     with pytest.raises(Exception, match=r"broken\.npy"):
         viewer.open(str(bad), plugin="napari-genreg")
     assert [layer.name for layer in viewer.layers] == ["brain", "brain k-space"]
+
+
+def test_the_gui_launcher_opens_the_sample_with_the_widget_docked(monkeypatch, qtbot):
+    import napari
+
+    from napari_genreg._napari import launch
+
+    seen = {}
+
+    def fake_run():
+        viewer = napari.current_viewer()
+        seen["layers"] = [layer.name for layer in viewer.layers]
+        seen["docks"] = list(viewer.window.dock_widgets)
+        viewer.close()
+
+    monkeypatch.setattr(napari, "run", fake_run)
+    assert launch.main([]) == 0
+    assert seen["layers"][:2] == ["brain", "brain k-space"]
+    assert any("Reconstruct" in name for name in seen["docks"])
