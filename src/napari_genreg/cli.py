@@ -5,8 +5,14 @@ with one regulariser and writes magnitudes on the input's intensity scale.
 ``napari-genreg compare INPUT --regularizers a,b,... --out-dir DIR [...]`` reconstructs with each
 and writes the images, the mask, the reference, a metrics table and a side-by-side figure.
 
+``napari-genreg covariance RECON_DIR_OR_INPUT --pixel ROW COL --out DIR [...]`` writes the
+learned covariance around a pixel at the latent a generative reconstruction reached (a
+``compare`` folder holding ``<name>.latent.npy``, or an input reconstructed first).
+
 ``INPUT`` is a file (see ``napari_genreg.io.SUPPORTED_EXTENSIONS``) or a shipped sample,
-``sample:brain`` (128x128) or ``sample:brain-256``.
+``sample:brain`` (128x128) or ``sample:brain-256``. The generative methods (``vae-*``, ``range``)
+also write their latent ``z`` (``<name>.latent.npy``) and record the model and the intensity
+scale in their settings; ``--model DIR`` makes them use another model.
 """
 
 from __future__ import annotations
@@ -78,6 +84,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="compress multi-coil data to this many virtual coils (SVD) before reconstructing",
     )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model directory (or builtin:NAME) for the generative regularisers vae-* and "
+        "range (default: each method's builtin model)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -108,6 +120,31 @@ def build_parser() -> argparse.ArgumentParser:
         default="zero-filled,tv,wavelet",
         help=f"comma-separated, from {', '.join(METHODS)} (default zero-filled,tv,wavelet)",
     )
+
+    cov = sub.add_parser(
+        "covariance",
+        help="the learned covariance around a pixel of a generative reconstruction",
+        description="Write the covariance of every pixel with PIXEL (column, its positive and "
+        "negative parts, correlation, variance, samples; .npy, in the reconstruction's "
+        "intensity units) and a figure, at the latent a vae-* reconstruction converged to. "
+        "INPUT is a `compare` output folder with <regularizer>.latent.npy, or an input "
+        "(file or sample) that is reconstructed first with the flags below.",
+    )
+    _add_common(cov)
+    cov.add_argument(
+        "--pixel", type=int, nargs=2, required=True, metavar=("ROW", "COL"),
+        help="the pixel, in the reconstruction's coordinates",
+    )  # fmt: skip
+    cov.add_argument("--out", required=True, help="output folder")
+    cov.add_argument(
+        "--regularizer", default="vae-structured",
+        help="the generative reconstruction to inspect (default vae-structured)",
+    )  # fmt: skip
+    cov.add_argument(
+        "--window", type=int, default=None,
+        help="crop the written maps to a W x W window around the pixel",
+    )  # fmt: skip
+    cov.add_argument("--samples", type=int, default=4, help="samples to draw (default 4)")
 
     from napari_genreg.training.train import add_train_arguments
 
@@ -258,7 +295,42 @@ def _settings(args: argparse.Namespace, inputs: Inputs, name: str, results) -> d
         "lam": [r.result.lam for r in results],
         "iterations": [r.result.iterations for r in results],
         "device": args.device,
+        **_prior_settings(name, results),
     }
+
+
+def _prior_settings(name: str, results) -> dict:
+    """What the ``covariance`` command needs from a generative run: the model, its decoder head,
+    the intensity scale of each slice and the file of the latents; empty for other methods."""
+    from napari_genreg.recon import get_method
+    from napari_genreg.recon.generative import head_of
+
+    if not results or results[0].result.latent is None:
+        return {}
+    return {
+        "model": _model_id(results[0].result.model),
+        "prior_head": head_of(get_method(name)),
+        "scale": [r.scale for r in results],
+        "latent": f"{name}.latent.npy",
+        "latent_shape": list(results[0].result.latent.shape),
+    }
+
+
+def _model_id(spec: str | None) -> str | None:
+    """``builtin:<name>`` as it is, a directory as an absolute path (to reload it later)."""
+    from napari_genreg.models.checkpoint import BUILTIN_PREFIX, resolve_model_dir
+
+    if spec is None or spec.startswith(BUILTIN_PREFIX):
+        return spec
+    return str(resolve_model_dir(spec).resolve())
+
+
+def _latents(results: list[_SliceResult], single: bool) -> np.ndarray | None:
+    """The latents of a generative method's slices, ``(c, h, w)`` or ``(N, c, h, w)``."""
+    if not results or results[0].result.latent is None:
+        return None
+    latents = np.stack([r.result.latent for r in results]).astype(np.float32)
+    return latents[0] if single else latents
 
 
 @dataclass(frozen=True)
@@ -266,10 +338,20 @@ class _SliceResult:
     slice: int
     noise_sigma: float
     result: object  # recon.Result
+    scale: float = 1.0
 
 
 def _run(args: argparse.Namespace, inputs: Inputs, names: Sequence[str]):
-    """Reconstruct each slice with each method; a tqdm bar over slices x methods x iterations."""
+    """Reconstruct each slice with each method; a tqdm bar over slices x methods x iterations.
+
+    ``--model`` applies to every generative method of the run."""
+    from napari_genreg.recon.generative import use_model
+
+    with use_model(getattr(args, "model", None)):
+        return _run_methods(args, inputs, names)
+
+
+def _run_methods(args: argparse.Namespace, inputs: Inputs, names: Sequence[str]):
     from tqdm import tqdm
 
     from napari_genreg.recon import build_problem, get_method, reconstruct, resolve_device
@@ -305,7 +387,9 @@ def _run(args: argparse.Namespace, inputs: Inputs, names: Sequence[str]):
                     on_state=lambda _state: bar.update(1),
                 )
                 bar.update(planned[method.name] - result.iterations)  # converged early
-                out[method.name].append(_SliceResult(index, problem.noise_sigma, result))
+                out[method.name].append(
+                    _SliceResult(index, problem.noise_sigma, result, problem.scale)
+                )
     return out, problems
 
 
@@ -341,11 +425,15 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     results, _ = _run(args, inputs, [args.regularizer])
     slices = results[args.regularizer]
     single = args.slice is not None or inputs.data.n_slices == 1
-    path = io.write(
-        args.out,
-        _stack(slices, single),
-        settings=_settings(args, inputs, args.regularizer, slices),
-    )
+    settings = _settings(args, inputs, args.regularizer, slices)
+    latents = _latents(slices, single)
+    if latents is not None:
+        latent_path = _latent_path(Path(args.out))
+        settings["latent"] = latent_path.name
+    path = io.write(args.out, _stack(slices, single), settings=settings)
+    if latents is not None:
+        np.save(latent_path, latents)
+        print(f"napari-genreg: wrote the latents to {latent_path}", file=sys.stderr)
     for r in slices:
         m = r.result.metrics
         quality = "" if m is None else f"  PSNR {m.psnr:.2f} dB  SSIM {m.ssim:.4f}"
@@ -356,6 +444,16 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         )
     print(f"napari-genreg: wrote {path}", file=sys.stderr)
     return 0
+
+
+def _latent_path(out: Path) -> Path:
+    """``recon.nii.gz -> recon.latent.npy`` beside the output file."""
+    name = out.name
+    for suffix in (".nii.gz", ".nii", ".npy", ".h5"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return out.with_name(f"{name}.latent.npy")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -380,6 +478,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             _stack(slices, single),
             settings=_settings(args, inputs, name, slices),
         )
+        latents = _latents(slices, single)
+        if latents is not None:
+            np.save(out_dir / f"{name}.latent.npy", latents)
         for r in slices:
             m = r.result.metrics
             records.append(
@@ -413,6 +514,145 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     sys.stderr.write((out_dir / "metrics.md").read_text())
     print(f"napari-genreg: wrote {out_dir}", file=sys.stderr)
+    return 0
+
+
+@dataclass(frozen=True)
+class _Inspected:
+    """One generative reconstruction to inspect: its image, latent and prior settings."""
+
+    image: np.ndarray  # (H, W) magnitude
+    latent: np.ndarray  # (c, h, w)
+    model: str
+    head: str
+    scale: float
+    slice: int
+
+
+def _inspected_from_folder(args: argparse.Namespace, folder: Path) -> _Inspected:
+    from napari_genreg.io import read_settings
+
+    name = args.regularizer
+    image_path = folder / f"{name}.npy"
+    if not image_path.is_file():
+        raise ValueError(f"{folder}: no {name}.npy; run `compare` with --regularizers ...,{name}")
+    settings = read_settings(image_path)
+    latent_file = settings.get("latent")
+    if not latent_file or "model" not in settings or "scale" not in settings:
+        raise ValueError(
+            f"{image_path}: the run recorded no latent (is {name} a generative regulariser?)"
+        )
+    latent_path = folder / Path(str(latent_file)).name
+    if not latent_path.is_file():
+        raise ValueError(f"{folder}: the latent file {latent_path.name} is missing")
+    latents = np.load(latent_path, allow_pickle=False)
+    images = np.load(image_path, allow_pickle=False)
+    slices = list(settings.get("slices", [0]))
+    if latents.ndim == 3:
+        latents, images = latents[None], images[None]
+    if args.slice is None:
+        position = 0
+    elif args.slice in slices:
+        position = slices.index(args.slice)
+    else:
+        raise ValueError(f"--slice {args.slice} was not reconstructed here (slices {slices})")
+    model = args.model or settings["model"]
+    return _Inspected(
+        images[position],
+        latents[position],
+        str(model),
+        str(settings.get("prior_head") or "configured"),
+        float(settings["scale"][position]),
+        int(slices[position]),
+    )
+
+
+def _inspected_from_input(args: argparse.Namespace) -> _Inspected:
+    from napari_genreg.recon import get_method
+    from napari_genreg.recon.generative import head_of
+
+    method = get_method(args.regularizer)
+    if head_of(method) is None:
+        raise ValueError(f"{args.regularizer} is not a generative regulariser: no covariance")
+    inputs = _inputs(args)
+    inputs = Inputs(inputs.data, inputs.mask, inputs.mask_label, inputs.slices[:1])
+    print(f"napari-genreg: mask: {inputs.mask_label}", file=sys.stderr)
+    results, _ = _run(args, inputs, [args.regularizer])
+    r = results[args.regularizer][0]
+    return _Inspected(
+        r.result.image,
+        r.result.latent,
+        _model_id(r.result.model),
+        str(head_of(method)),
+        r.scale,
+        r.slice,
+    )
+
+
+def cmd_covariance(args: argparse.Namespace) -> int:
+    import torch
+
+    from napari_genreg.recon.covariance import covariance_figure, inspect_covariance
+    from napari_genreg.recon.generative import load_prior_model
+
+    if args.window is not None and args.window < 1:
+        raise ValueError(f"--window must be positive, got {args.window}")
+    source = Path(args.input)
+    if source.is_dir():
+        item = _inspected_from_folder(args, source)
+    else:
+        item = _inspected_from_input(args)
+    model, _ = load_prior_model(item.model, "cpu")
+    factor = model.config.factor
+    grid = (item.latent.shape[-2] * factor, item.latent.shape[-1] * factor)
+    h, w = item.image.shape
+    row, col = args.pixel
+    if not (0 <= row < h and 0 <= col < w):
+        raise ValueError(f"--pixel {row} {col} lies outside the {h} x {w} reconstruction")
+    offset = (grid[0] // 2 - h // 2, grid[1] // 2 - w // 2)
+    view = inspect_covariance(
+        model,
+        item.latent,
+        (row + offset[0], col + offset[1]),
+        generator=torch.Generator().manual_seed(args.seed),
+        samples=args.samples,
+        scale=item.scale,
+        head=item.head,  # type: ignore[arg-type]
+    ).cropped((h, w))
+    background = item.image
+    if args.window is not None:
+        view = view.window(args.window)
+        r0, c0 = row - view.pixel[0], col - view.pixel[1]
+        background = background[r0 : r0 + view.shape[0], c0 : c0 + view.shape[1]]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, array in view.arrays().items():
+        np.save(out / f"{name}.npy", array.astype(np.float32))
+    np.save(out / "reconstruction.npy", np.ascontiguousarray(background, dtype=np.float32))
+    info = {
+        "software": f"napari-genreg {__version__}",
+        "source": str(args.input),
+        "regularizer": args.regularizer,
+        "slice": item.slice,
+        "model": item.model,
+        "prior_head": item.head,
+        "scale": item.scale,
+        "pixel": [row, col],
+        "pixel_in_maps": list(view.pixel),
+        "window": args.window,
+        "samples": args.samples,
+        "seed": args.seed,
+        "units": "column, positive, negative, variance: intensity^2 of the reconstruction; "
+        "mean, samples, reconstruction: its intensity; correlation: unitless",
+    }
+    (out / "covariance.json").write_text(json.dumps(info, indent=2) + "\n")
+    covariance_figure(
+        out / "covariance.png",
+        view,
+        background,
+        title=f"{args.regularizer}: covariance with pixel ({row}, {col})",
+    )
+    print(f"napari-genreg: wrote {out}", file=sys.stderr)
     return 0
 
 
@@ -478,6 +718,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {
         "reconstruct": cmd_reconstruct,
         "compare": cmd_compare,
+        "covariance": cmd_covariance,
         "prepare-data": cmd_prepare_data,
         "train": cmd_train,
     }

@@ -156,3 +156,9 @@ METHODS: dict[str, Method] = {
         ),
     )
 }
+
+# The generative methods (vae-identity, vae-diagonal, vae-structured, range) join the registry
+# here: their module builds on Method, so it is imported once everything above exists.
+from napari_genreg.recon.generative import GENERATIVE_METHODS  # noqa: E402
+
+METHODS.update(GENERATIVE_METHODS)

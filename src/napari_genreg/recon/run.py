@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from napari_genreg.metrics import Metrics, evaluate
+from napari_genreg.recon.generative import model_spec_of
 from napari_genreg.recon.methods import METHODS, Method
 from napari_genreg.recon.problem import Problem
 from napari_genreg.solvers import SolverState
@@ -96,6 +97,11 @@ class Result:
         The objective after each iteration.
     metrics
         Against the problem's reference, or ``None`` without one.
+    latent
+        float32 ``(c, h, w)``: the latent ``z`` of the final state for the generative methods
+        (on the padded grid: ``f`` times its spatial shape, centred on ``image``), else ``None``.
+    model
+        The model a generative method used (``builtin:<name>`` or a directory), else ``None``.
     """
 
     name: str
@@ -105,6 +111,8 @@ class Result:
     seconds: float
     objectives: tuple[float, ...] = field(repr=False)
     metrics: Metrics | None
+    latent: np.ndarray | None = field(default=None, repr=False)
+    model: str | None = None
 
 
 def reconstruct(
@@ -136,4 +144,16 @@ def reconstruct(
     seconds = time.perf_counter() - start
     image = problem.magnitude(state.x)
     metrics = None if problem.reference is None else evaluate(problem.reference, image)
-    return Result(name, image, weight, state.iteration, seconds, tuple(objectives), metrics)
+    z = getattr(state, "z", None)
+    latent = None if z is None else z.detach().float().cpu().numpy().reshape(z.shape[-3:])
+    return Result(
+        name,
+        image,
+        weight,
+        state.iteration,
+        seconds,
+        tuple(objectives),
+        metrics,
+        latent,
+        model_spec_of(method),
+    )

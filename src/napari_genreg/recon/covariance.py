@@ -1,0 +1,250 @@
+r"""Inspecting the learned covariance around a pixel, at the latent a reconstruction reached.
+
+The poster's "visualisation of learned positive and negative covariance": at the latent
+:math:`z^*` of a generative reconstruction, the decoder's covariance :math:`\Sigma(z^*)` says how
+every pixel co-varies with a chosen one. :func:`inspect_covariance` returns it as a typed
+:class:`CovarianceView`, in the reconstruction's intensity units: the model works on images
+normalised by the problem's scale ``c`` (:mod:`napari_genreg.recon.generative`), so the image
+:math:`x = c\,u` with :math:`u \sim \mathcal N(G(z), \Sigma(z))` has
+
+* mean :math:`c\,G(z)` and samples :math:`c\,(G(z) + L^{-T}\varepsilon)` (multiplied by ``c``);
+* covariance column :math:`c^2 \Sigma e_p`, its positive and negative parts, and variance
+  :math:`c^2 \operatorname{diag}\Sigma` (multiplied by ``c**2``);
+* correlation :math:`\Sigma_{ip} / \sqrt{\Sigma_{ii}\Sigma_{pp}}` (unitless, unchanged).
+
+These describe the phase-removed magnitude image (the prior's variable). The maps live on the
+model's grid (the padded grid of the reconstruction); :meth:`CovarianceView.cropped` brings them
+to the reconstruction's size and :meth:`CovarianceView.window` cuts a window around the pixel.
+
+Examples
+--------
+>>> import torch
+>>> from napari_genreg.models.vae import VAE, VAEConfig
+>>> model = VAE(VAEConfig(covariance="structured", image_size=32, base_channels=4))
+>>> view = inspect_covariance(model, torch.zeros(4, 4, 4), (10, 12), generator=torch.Generator())
+>>> view.column.shape, view.samples.shape
+((32, 32), (4, 32, 32))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from napari_genreg.models.covariance import split_signs
+from napari_genreg.models.vae import VAE
+
+__all__ = ["CovarianceView", "covariance_figure", "inspect_covariance"]
+
+_MAPS = ("mean", "column", "positive", "negative", "correlation", "variance")
+
+
+@dataclass(frozen=True)
+class CovarianceView:
+    """The covariance of the image around one pixel, in the reconstruction's units.
+
+    Attributes
+    ----------
+    pixel
+        ``(row, col)`` in the maps' coordinates.
+    mean
+        :math:`c\\,G(z)`, float32 ``(H, W)``.
+    column
+        :math:`c^2 \\Sigma e_p`: the covariance of every pixel with ``pixel``, ``(H, W)``.
+    positive, negative
+        ``max(column, 0)`` and ``max(-column, 0)`` (``column = positive - negative``).
+    correlation
+        :math:`\\Sigma_{ip} / \\sqrt{\\Sigma_{ii}\\Sigma_{pp}}` in [-1, 1], ``(H, W)``.
+    variance
+        :math:`c^2 \\operatorname{diag}\\Sigma`, ``(H, W)``.
+    samples
+        ``n`` draws :math:`c\\,(G(z) + L^{-T}\\varepsilon)`, ``(n, H, W)``.
+    scale
+        ``c``.
+    """
+
+    pixel: tuple[int, int]
+    mean: np.ndarray
+    column: np.ndarray
+    positive: np.ndarray
+    negative: np.ndarray
+    correlation: np.ndarray
+    variance: np.ndarray
+    samples: np.ndarray
+    scale: float
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(H, W)`` of the maps."""
+        return (int(self.column.shape[0]), int(self.column.shape[1]))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The maps and the samples by name (what the CLI writes as ``<name>.npy``)."""
+        return {name: getattr(self, name) for name in (*_MAPS, "samples")}
+
+    def _cut(self, rows: slice, cols: slice) -> CovarianceView:
+        maps = {name: np.ascontiguousarray(getattr(self, name)[rows, cols]) for name in _MAPS}
+        samples = np.ascontiguousarray(self.samples[:, rows, cols])
+        pixel = (self.pixel[0] - rows.start, self.pixel[1] - cols.start)
+        return replace(self, pixel=pixel, samples=samples, **maps)
+
+    def cropped(self, size: tuple[int, int]) -> CovarianceView:
+        """The centred ``size`` block (the convention of the reconstruction's crop:
+        the centre ``n // 2`` goes to ``m // 2``), the pixel moved with it.
+
+        Raises
+        ------
+        ValueError
+            If the pixel falls outside the block or ``size`` is larger than the maps.
+        """
+        h, w = self.shape
+        sh, sw = int(size[0]), int(size[1])
+        if not (0 < sh <= h and 0 < sw <= w):
+            raise ValueError(f"cannot crop {h} x {w} maps to {sh} x {sw}")
+        y0, x0 = h // 2 - sh // 2, w // 2 - sw // 2
+        if not (y0 <= self.pixel[0] < y0 + sh and x0 <= self.pixel[1] < x0 + sw):
+            raise ValueError(f"pixel {self.pixel} lies outside the centred {sh} x {sw} block")
+        return self._cut(slice(y0, y0 + sh), slice(x0, x0 + sw))
+
+    def window(self, size: int) -> CovarianceView:
+        """A ``size x size`` window around the pixel (the pixel at its centre, or the window
+        shifted to stay inside the maps near a border; the whole side when ``size`` exceeds it).
+        """
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"the window must be a positive integer, got {size!r}")
+        starts = []
+        for p, n in zip(self.pixel, self.shape, strict=True):
+            w = min(size, n)
+            starts.append((min(max(p - size // 2, 0), n - w), w))
+        (r0, hr), (c0, wc) = starts
+        return self._cut(slice(r0, r0 + hr), slice(c0, c0 + wc))
+
+
+def inspect_covariance(
+    model: VAE,
+    z: torch.Tensor | np.ndarray,
+    pixel: tuple[int, int],
+    *,
+    generator: torch.Generator,
+    samples: int = 4,
+    scale: float = 1.0,
+    head: Literal["configured", "identity"] = "configured",
+) -> CovarianceView:
+    r"""The decoder's covariance at ``z`` around ``pixel``, scaled to the reconstruction's units.
+
+    Parameters
+    ----------
+    model
+        the VAE (not modified).
+    z
+        the latent, ``(c, h, w)`` or ``(1, c, h, w)`` (for example ``Result.latent``).
+    pixel
+        ``(row, col)`` on the model's grid ``(f h, f w)``.
+    generator
+        the random generator of the samples (on the model's device).
+    samples
+        number of samples ``n >= 0``.
+    scale
+        ``c``: the problem's intensity scale the reconstruction was normalised by.
+    head
+        ``"configured"`` or ``"identity"`` (for ``vae-identity`` and ``range``).
+
+    Returns
+    -------
+    :class:`CovarianceView` with maps ``(f h, f w)``: column :math:`c^2\Sigma e_p` (one pair of
+    triangular solves for the structured covariance), its signs, the exact variance and the
+    correlation, and ``samples`` draws :math:`c(G + L^{-T}\varepsilon)`.
+    """
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be positive, got {scale}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise ValueError(f"samples must be a non-negative integer, got {samples!r}")
+    parameter = next(model.parameters())
+    latent = torch.as_tensor(z).to(device=parameter.device, dtype=parameter.dtype)
+    if latent.ndim == 3:
+        latent = latent[None]
+    if latent.ndim != 4 or latent.shape[0] != 1:
+        raise ValueError(f"z must have shape (c, h, w) or (1, c, h, w), got {tuple(latent.shape)}")
+    with torch.no_grad():
+        mean, covariance = model.decoder(model._check_latent(latent), head)
+        row, col = int(pixel[0]), int(pixel[1])
+        column = covariance.column((row, col))[0]
+        variance = covariance.variance()
+        correlation = covariance.correlation((row, col), variance)[0]
+        if samples:
+            draws = mean[None] + covariance.sample(samples, generator)
+            draws = draws[:, 0]
+        else:
+            draws = mean.new_zeros((0, *mean.shape[-2:]))
+    c = float(scale)
+    column = c * c * column
+    positive, negative = split_signs(column)
+
+    def array(t: torch.Tensor) -> np.ndarray:
+        return t.detach().float().cpu().numpy()
+
+    return CovarianceView(
+        pixel=(row, col),
+        mean=array(c * mean[0]),
+        column=array(column),
+        positive=array(positive),
+        negative=array(negative),
+        correlation=array(correlation),
+        variance=array(c * c * variance[0]),
+        samples=array(c * draws),
+        scale=c,
+    )
+
+
+def covariance_figure(
+    path: str | Path,
+    view: CovarianceView,
+    background: np.ndarray,
+    *,
+    title: str = "",
+) -> Path:
+    """Save a PNG: the positive part in red and the negative part in blue over ``background``
+    (the reconstruction, grey), the pixel marked, beside the correlation map.
+
+    Each overlay's opacity is its value over the largest off-pixel magnitude of the column, so
+    the neighbourhood stays visible next to the (much larger) variance at the pixel itself.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if background.shape != view.shape:
+        raise ValueError(
+            f"the background {background.shape} and the maps {view.shape} differ in shape"
+        )
+    off = np.abs(view.column).copy()
+    off[view.pixel] = 0.0
+    top = float(off.max()) or float(np.abs(view.column).max()) or 1.0
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5), constrained_layout=True)
+    ax = axes[0]
+    ax.imshow(background, cmap="gray")
+    for part, colour in ((view.positive, (1.0, 0.0, 0.0)), (view.negative, (0.0, 0.3, 1.0))):
+        rgba = np.zeros((*view.shape, 4), dtype=np.float32)
+        rgba[..., :3] = colour
+        rgba[..., 3] = np.clip(part / top, 0.0, 1.0)
+        ax.imshow(rgba)
+    ax.plot(view.pixel[1], view.pixel[0], marker="+", color="yellow", markersize=14, mew=2)
+    ax.set_title("covariance: positive (red), negative (blue)")
+    ax.axis("off")
+    im = axes[1].imshow(view.correlation, cmap="RdBu_r", vmin=-1.0, vmax=1.0)
+    axes[1].plot(view.pixel[1], view.pixel[0], marker="+", color="k", markersize=14, mew=2)
+    axes[1].set_title("correlation with the pixel")
+    axes[1].axis("off")
+    fig.colorbar(im, ax=axes[1], shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,473 @@
+r"""The generative reconstruction methods: ``vae-identity``, ``vae-diagonal``, ``vae-structured``
+and the ``range`` baseline.
+
+Each is a :class:`~napari_genreg.recon.methods.Method` whose ``solve`` prepares the problem for
+a learned prior and runs a solver of :mod:`napari_genreg.solvers.alternating`:
+
+* ``vae-<kind>``: :func:`~napari_genreg.solvers.alternating.alternating_minimisation` of
+
+  .. math::
+
+      \frac{1}{2\sigma^2}\|Ax - y\|^2 + \lambda\Big[\log\det\Sigma(z)
+      + \tfrac12\|P x / c - G(z)\|^2_{\Sigma(z)^{-1}}\Big] + \tfrac12\|z\|^2
+
+  with the VAE ``builtin:<kind>`` (:mod:`napari_genreg.models.checkpoint`), ``c`` the problem's
+  intensity scale and ``P`` the removal of its smooth phase estimate. ``vae-identity`` uses the
+  decoder's learned :math:`s^2 I` (with any model: every decoder has one).
+* ``range`` (Bora et al., ICML 2017): :math:`x = c\,P^H G(z)`,
+  :func:`~napari_genreg.solvers.alternating.latent_search` of
+  :math:`\frac{1}{2\sigma^2}\|A x - y\|^2 + \frac{\lambda}{2}\|z\|^2` from the encoder's latent
+  and two random ones, keeping the best (model ``builtin:identity``: the mean only).
+
+Practical points (``DESIGN.md``)
+--------------------------------
+Scale: the priors know magnitudes in [0, 1]. The solvers run on the normalised problem
+:math:`y / c`, :math:`\sigma / c` with :math:`c` = ``problem.scale`` (the 99th percentile of the
+zero-filled magnitude); the states are multiplied by :math:`c` on the way out, so images stay on
+the input's scale. The objective is the same number in both units: the data term is invariant
+(:math:`\|A(x/c) - y/c\|^2 / (\sigma/c)^2 = \|Ax - y\|^2 / \sigma^2`) and the prior's terms are
+defined on the normalised image.
+
+Phase: ``problem.phase()`` (a smooth estimate from the calibration region) is removed before the
+prior sees the image; the x-step puts it back, since the prior's term pulls :math:`P x` towards
+the real :math:`G(z)`.
+
+Sizes: the models take sides that are multiples of ``f = 2**downsamplings`` (8). Other sizes are
+**padded**, not refused: the image lives on the grid rounded up to multiples of ``f`` (at least
+``f``), the forward operator becomes ``A C`` with ``C`` the centred crop
+(:class:`~napari_genreg.physics.operators.Crop`, as for the wavelets), the padding is
+unmeasured and filled by the prior, and the output is cropped back. The latent ``z`` belongs to
+the padded grid: ``f`` times its spatial shape is the padded shape, centred on the output.
+
+Automatic weight and iteration defaults
+---------------------------------------
+``lam = 1`` for every method: the Bayesian reading (maximum a posteriori under the learned
+prior with the true noise level) needs no tuning, and the measurement
+(``benchmarks/generative_lambda.py``, ``benchmarks/results/generative_lambda.md``) supports it:
+see :data:`LAMBDA_RULE` for the result. Default iterations come from the time per outer
+iteration on a 128 x 128 image on one CPU core (same benchmark file).
+
+Model override: :func:`use_model` (a context manager, used by the CLI's ``--model``) makes
+every generative method inside it use another model directory;
+:func:`generative_method` builds a method with its own model and settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+import torch
+
+from napari_genreg.models.checkpoint import ModelCard, load_model, resolve_model_dir
+from napari_genreg.models.vae import VAE
+from napari_genreg.physics.operators import (
+    CoilExpand,
+    Compose,
+    Crop,
+    Diagonal,
+    FFT2c,
+    LinearOperator,
+)
+from napari_genreg.recon.methods import Method
+from napari_genreg.recon.problem import Problem
+from napari_genreg.regularizers.generative import GenerativeRegularizer
+from napari_genreg.solvers.alternating import (
+    AlternatingState,
+    alternating_minimisation,
+    latent_search,
+    shifted_fourier_solve,
+)
+
+__all__ = [
+    "DEFAULT_ITERATIONS",
+    "GENERATIVE_KINDS",
+    "GENERATIVE_METHODS",
+    "LAMBDA_RULE",
+    "RANGE_SETTINGS",
+    "GenerativeSettings",
+    "GenerativeSolve",
+    "NormalisedProblem",
+    "clear_model_cache",
+    "generative_method",
+    "head_of",
+    "load_prior_model",
+    "model_spec_of",
+    "normalise",
+    "padded_shape",
+    "use_model",
+]
+
+#: The solver families: the three covariance heads and the range baseline.
+GENERATIVE_KINDS = ("identity", "diagonal", "structured", "range")
+
+#: The automatic ``lam`` of each kind (``benchmarks/results/generative_lambda.md``).
+LAMBDA_RULE: dict[str, float] = {
+    "identity": 1.0,
+    "diagonal": 1.0,
+    "structured": 1.0,
+    "range": 1.0,
+}
+
+_OVERRIDE: ContextVar[str | None] = ContextVar("napari_genreg_model_override", default=None)
+
+
+@contextlib.contextmanager
+def use_model(spec: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Inside the block, every generative method uses the model ``spec`` (``None``: its own).
+
+    ``spec`` is a model directory or ``builtin:<name>``; it is checked at once.
+
+    Examples
+    --------
+    >>> with use_model(None):
+    ...     pass
+    """
+    if spec is not None:
+        spec = os.fspath(spec)
+        resolve_model_dir(spec)  # fail early for a missing directory
+    token = _OVERRIDE.set(spec)
+    try:
+        yield
+    finally:
+        _OVERRIDE.reset(token)
+
+
+_CACHE: dict[tuple[str, str, int, int], tuple[VAE, ModelCard]] = {}
+
+
+def load_prior_model(
+    spec: str | os.PathLike[str], device: torch.device | str = "cpu"
+) -> tuple[VAE, ModelCard]:
+    """:func:`~napari_genreg.models.checkpoint.load_model`, loaded once per device and cached.
+
+    The cache key includes the directory's ``config.json`` modification time and size, so a
+    model saved again to the same folder is reloaded. The returned model is shared: callers
+    must not modify it (the solvers never do).
+    """
+    directory = resolve_model_dir(spec)
+    stat = (directory / "config.json").stat()
+    key = (str(directory.resolve()), str(torch.device(device)), stat.st_mtime_ns, stat.st_size)
+    if key not in _CACHE:
+        _CACHE[key] = load_model(directory, device=device)
+    return _CACHE[key]
+
+
+def clear_model_cache() -> None:
+    """Forget every cached model."""
+    _CACHE.clear()
+
+
+@dataclass(frozen=True)
+class GenerativeSettings:
+    """Problem-independent settings of a generative method.
+
+    Attributes
+    ----------
+    z_steps
+        Adam steps on ``z`` per outer iteration (per iteration for ``range``: 1 always).
+    cg_steps
+        conjugate-gradient iterations per x-step when it has no closed form.
+    learning_rate
+        Adam's initial step on ``z``.
+    restarts
+        extra random starting latents (the best start is kept).
+    seed
+        seed of the restarts' generator.
+    """
+
+    z_steps: int = 2
+    cg_steps: int = 6
+    learning_rate: float = 0.05
+    restarts: int = 0
+    seed: int = 0
+
+
+def padded_shape(shape: tuple[int, int], factor: int) -> tuple[int, int]:
+    """``shape`` rounded up to multiples of ``factor`` (at least ``factor``)."""
+    return tuple(max(factor, -(-int(n) // factor) * factor) for n in shape)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, eq=False)
+class NormalisedProblem:
+    r"""A problem as the learned prior sees it: padded, normalised, with its phase.
+
+    Attributes
+    ----------
+    op
+        :math:`A C` (or ``A`` when no padding is needed): padded images ``(Hp, Wp)`` to
+        measurements.
+    y
+        :math:`y / c`.
+    noise_sigma
+        :math:`\sigma / c`.
+    scale
+        :math:`c`, ``problem.scale``.
+    crop
+        ``C``: the centred crop from the padded grid to the problem's grid.
+    phase
+        the phase estimate on the padded grid (1 on the padding), complex ``(Hp, Wp)``.
+    x0
+        :math:`C^H A^H y / c`, complex ``(Hp, Wp)``.
+    shifted_solve
+        the exact x-step solver for single-coil Cartesian data, else ``None``.
+    data_diagonal
+        :math:`\operatorname{diag}(C^H A^H A C)`, real ``(Hp, Wp)``, or ``None`` when unknown.
+    """
+
+    op: LinearOperator
+    y: torch.Tensor
+    noise_sigma: float
+    scale: float
+    crop: Crop
+    phase: torch.Tensor
+    x0: torch.Tensor
+    shifted_solve: object = field(repr=False)
+    data_diagonal: torch.Tensor | None = field(repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The padded shape ``(Hp, Wp)``."""
+        return self.crop.in_shape
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        """A padded normalised image back on the problem's grid and scale: :math:`c\\,C x`."""
+        return self.crop(x) * self.scale
+
+
+def _fourier_parts(op: LinearOperator) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``(mask weights, maps or None)`` when ``op`` is ``M F`` or ``M F S``, else ``None``."""
+    ops = getattr(op, "ops", ())
+    if len(ops) >= 2 and isinstance(ops[0], Diagonal) and isinstance(ops[1], FFT2c):
+        if len(ops) == 2:
+            return ops[0].weights, None
+        if len(ops) == 3 and isinstance(ops[2], CoilExpand):
+            return ops[0].weights, ops[2].maps
+    return None
+
+
+def normalise(problem: Problem, factor: int) -> NormalisedProblem:
+    """Pad ``problem`` to multiples of ``factor`` and normalise it by its scale.
+
+    Parameters
+    ----------
+    problem
+        the reconstruction problem.
+    factor
+        the model's ``2**downsamplings``.
+    """
+    shape = problem.shape
+    padded = padded_shape(shape, factor)
+    crop = Crop(padded, shape)
+    op = problem.op if padded == shape else Compose((problem.op, crop))
+    c = float(problem.scale)
+    y = problem.y / c
+    phase = crop.adjoint(problem.phase() - 1) + 1
+    x0 = crop.adjoint(problem.zero_filled()) / c
+    parts = _fourier_parts(problem.op)
+    shifted = None
+    diagonal = None
+    if parts is not None:
+        weights, maps = parts
+        fraction = weights.float().mean().to(problem.device)
+        inner = (
+            torch.ones(shape, device=problem.device)
+            if maps is None
+            else maps.abs().square().sum(dim=0).float()
+        )
+        diagonal = crop.adjoint(fraction * inner)
+        if maps is None and weights.ndim == 2:
+            shifted = shifted_fourier_solve(weights.to(problem.device), padded)
+    return NormalisedProblem(op, y, problem.noise_sigma / c, c, crop, phase, x0, shifted, diagonal)
+
+
+def _effective(model: str) -> str:
+    override = _OVERRIDE.get()
+    return model if override is None else override
+
+
+@dataclass(frozen=True)
+class GenerativeSolve:
+    """The ``solve`` of a generative method: ``(problem, lam) -> iterator of states``.
+
+    Attributes
+    ----------
+    kind
+        one of :data:`GENERATIVE_KINDS`.
+    model
+        the default model: ``builtin:<name>`` or a directory (:func:`use_model` overrides it).
+    settings
+        :class:`GenerativeSettings`.
+    """
+
+    kind: str
+    model: str
+    settings: GenerativeSettings = GenerativeSettings()
+
+    def __post_init__(self) -> None:
+        if self.kind not in GENERATIVE_KINDS:
+            raise ValueError(f"kind must be one of {GENERATIVE_KINDS}, got {self.kind!r}")
+
+    @property
+    def head(self) -> str:
+        """The decoder head used: ``"identity"`` for ``identity`` and ``range``."""
+        return "configured" if self.kind in ("diagonal", "structured") else "identity"
+
+    @property
+    def model_spec(self) -> str:
+        """The model actually used now (the override of :func:`use_model`, if any)."""
+        return _effective(self.model)
+
+    def prior(self, problem: Problem) -> tuple[GenerativeRegularizer, NormalisedProblem]:
+        """The regulariser and the normalised problem (loads the model once per device)."""
+        spec = self.model_spec
+        model, _ = load_prior_model(spec, problem.device)
+        covariance = model.config.covariance
+        if self.head == "configured" and covariance != self.kind:
+            raise ValueError(
+                f"vae-{self.kind} needs a model with a {self.kind} covariance; the model "
+                f"{spec} has a {covariance} one (its mean and identity covariance serve "
+                "vae-identity and range)"
+            )
+        normalised = normalise(problem, model.config.factor)
+        phase = normalised.phase.to(torch.complex64)
+        prior = GenerativeRegularizer(model, phase, head=self.head)  # type: ignore[arg-type]
+        return prior, normalised
+
+    def __call__(self, problem: Problem, lam: float) -> Iterator[AlternatingState]:
+        prior, normalised = self.prior(problem)
+        s = self.settings
+        z0 = prior.encode(normalised.x0)
+        generator = torch.Generator().manual_seed(s.seed)
+        if self.kind == "range":
+            starts = [z0]
+            for _ in range(max(s.restarts, 0)):
+                starts.append(torch.randn(z0.shape, generator=generator).to(z0))
+            states = latent_search(
+                normalised.op,
+                normalised.y,
+                prior,
+                torch.cat(starts),
+                noise_sigma=normalised.noise_sigma,
+                lam=lam,
+                learning_rate=s.learning_rate,
+            )
+        else:
+            states = alternating_minimisation(
+                normalised.op,
+                normalised.y,
+                prior,
+                normalised.x0,
+                z0,
+                noise_sigma=normalised.noise_sigma,
+                lam=lam,
+                z_steps=s.z_steps,
+                cg_steps=s.cg_steps,
+                learning_rate=s.learning_rate,
+                shifted_solve=normalised.shifted_solve,  # type: ignore[arg-type]
+                data_diagonal=normalised.data_diagonal,
+                restarts=s.restarts,
+                generator=generator,
+            )
+        dtype = problem.y.dtype
+        for state in states:
+            yield state._replace(x=normalised.output(state.x).to(dtype))
+
+
+#: The range baseline's settings: one Adam step per iteration at rate 0.1, from the encoder's
+#: latent and two random ones (Bora et al. restart from random latents only; the encoder's
+#: start is better and the random ones cost a decoder pass each).
+RANGE_SETTINGS = GenerativeSettings(learning_rate=0.1, restarts=2)
+
+
+def _auto_lam(kind: str):
+    def rule(problem: Problem) -> float:
+        return LAMBDA_RULE[kind]
+
+    rule.__doc__ = f"lam = {LAMBDA_RULE[kind]} (the Bayesian weight; measured)"
+    return rule
+
+
+_DESCRIPTIONS = {
+    "identity": "VAE prior, identity covariance s^2 I (mean only), alternating minimisation",
+    "diagonal": "VAE prior, per-pixel variance, alternating minimisation",
+    "structured": "VAE prior with structured covariance (sparse Cholesky precision), "
+    "alternating minimisation",
+    "range": "range of a VAE decoder (Bora et al. 2017): latent search with restarts",
+}
+
+#: Default outer iterations (``benchmarks/results/generative_lambda.md``: time per iteration).
+DEFAULT_ITERATIONS = {"identity": 40, "diagonal": 20, "structured": 20, "range": 60}
+
+
+def generative_method(
+    name: str,
+    kind: str,
+    model: str | os.PathLike[str] | None = None,
+    *,
+    settings: GenerativeSettings | None = None,
+    iterations: int | None = None,
+) -> Method:
+    """A generative :class:`~napari_genreg.recon.methods.Method`.
+
+    Parameters
+    ----------
+    name
+        the method's name.
+    kind
+        ``"identity"``, ``"diagonal"``, ``"structured"`` or ``"range"``.
+    model
+        the model: a directory or ``builtin:<name>`` (default ``builtin:<kind>``, and
+        ``builtin:identity`` for ``range``). Loaded lazily, on first use, and cached.
+    settings
+        :class:`GenerativeSettings` (default: :data:`RANGE_SETTINGS` for ``range``, the class
+        defaults for the others).
+    iterations
+        default outer iterations (default :data:`DEFAULT_ITERATIONS`).
+
+    Examples
+    --------
+    >>> method = generative_method("vae-mine", "structured", "path/to/model")
+    >>> method.name, method.has_lam
+    ('vae-mine', True)
+    """
+    if kind not in GENERATIVE_KINDS:
+        raise ValueError(f"kind must be one of {GENERATIVE_KINDS}, got {kind!r}")
+    if model is None:
+        model = f"builtin:{'identity' if kind == 'range' else kind}"
+    if settings is None:
+        settings = RANGE_SETTINGS if kind == "range" else GenerativeSettings()
+    solve = GenerativeSolve(kind, os.fspath(model), settings)
+    return Method(
+        name,
+        _DESCRIPTIONS[kind],
+        DEFAULT_ITERATIONS[kind] if iterations is None else int(iterations),
+        solve,
+        _auto_lam(kind),
+    )
+
+
+def model_spec_of(method: Method) -> str | None:
+    """The model a generative method uses now (``None`` for other methods)."""
+    solve = method.solve
+    return solve.model_spec if isinstance(solve, GenerativeSolve) else None
+
+
+def head_of(method: Method) -> str | None:
+    """The decoder head a generative method uses (``None`` for other methods)."""
+    solve = method.solve
+    return solve.head if isinstance(solve, GenerativeSolve) else None
+
+
+GENERATIVE_METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        generative_method("vae-identity", "identity"),
+        generative_method("vae-diagonal", "diagonal"),
+        generative_method("vae-structured", "structured"),
+        generative_method("range", "range"),
+    )
+}

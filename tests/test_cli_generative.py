@@ -1,0 +1,133 @@
+"""The CLI with the generative regularisers: latents, --model and the covariance command.
+
+A small random-weight model saved in a temporary folder stands in for the built-in ones."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_genreg.cli import main
+from napari_genreg.io import read_settings
+from napari_genreg.models.checkpoint import load_model, save_model
+from napari_genreg.models.vae import VAE, VAEConfig
+from napari_genreg.recon.covariance import inspect_covariance
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    config = VAEConfig(
+        covariance="structured", stencil=3, image_size=64, base_channels=4, max_channels=8
+    )
+    model = VAE(config, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(1)
+        for p in model.decoder.covariance_head.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    folder = tmp_path_factory.mktemp("model")
+    save_model(model, config, folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, model_dir):
+    out = tmp_path_factory.mktemp("cmp")
+    code = main(
+        ["compare", "sample:brain", "--regularizers", "zero-filled,vae-structured",
+         "--model", model_dir, "--iterations", "3", "--noise-sigma", "0.01",
+         "--out-dir", str(out), "--quiet"]
+    )  # fmt: skip
+    assert code == 0
+    return out
+
+
+def test_compare_writes_the_latent_and_the_prior_settings(compared, model_dir):
+    latent = np.load(compared / "vae-structured.latent.npy")
+    assert latent.shape == (4, 16, 16) and latent.dtype == np.float32
+    assert not (compared / "zero-filled.latent.npy").exists()
+    settings = read_settings(compared / "vae-structured.npy")
+    assert settings["model"] == str(model_dir)
+    assert settings["prior_head"] == "configured"
+    assert settings["latent"] == "vae-structured.latent.npy"
+    assert 0.5 < settings["scale"][0] <= 1.0
+    assert "model" not in read_settings(compared / "zero-filled.npy")
+    records = json.loads((compared / "metrics.json").read_text())
+    assert {r["regularizer"] for r in records} == {"zero-filled", "vae-structured"}
+
+
+def test_covariance_on_a_compare_folder(compared, model_dir, tmp_path):
+    out = tmp_path / "cov"
+    assert main(["covariance", str(compared), "--pixel", "60", "70", "--out", str(out)]) == 0
+    names = ["column", "positive", "negative", "correlation", "variance", "mean", "reconstruction"]
+    arrays = {n: np.load(out / f"{n}.npy") for n in names}
+    assert all(a.shape == (128, 128) for a in arrays.values())
+    assert np.load(out / "samples.npy").shape == (4, 128, 128)
+    np.testing.assert_allclose(arrays["positive"] - arrays["negative"], arrays["column"])
+    assert (out / "covariance.png").stat().st_size > 10_000
+    # the column is the model's at the saved latent, in the reconstruction's units
+    settings = read_settings(compared / "vae-structured.npy")
+    model, _ = load_model(model_dir)
+    view = inspect_covariance(
+        model, np.load(compared / "vae-structured.latent.npy"), (60, 70),
+        generator=torch.Generator(), scale=settings["scale"][0], samples=0,
+    )  # fmt: skip
+    np.testing.assert_allclose(arrays["column"], view.column, rtol=1e-5)
+    assert arrays["column"][60, 70] == pytest.approx(arrays["variance"][60, 70], rel=1e-5)
+    assert arrays["variance"].min() > 0
+    np.testing.assert_array_equal(
+        arrays["reconstruction"], np.load(compared / "vae-structured.npy")
+    )
+    info = json.loads((out / "covariance.json").read_text())
+    assert info["pixel"] == [60, 70] and info["model"] == str(model_dir)
+
+    windowed = tmp_path / "win"
+    assert main(["covariance", str(compared), "--pixel", "60", "70", "--window", "16",
+                 "--out", str(windowed)]) == 0  # fmt: skip
+    column = np.load(windowed / "column.npy")
+    assert column.shape == (16, 16)
+    np.testing.assert_array_equal(column, arrays["column"][52:68, 62:78])
+    assert np.load(windowed / "samples.npy").shape == (4, 16, 16)
+
+
+def test_covariance_of_an_input_reconstructs_first(model_dir, tmp_path, capsys):
+    out = tmp_path / "cov"
+    code = main(
+        ["covariance", "sample:brain", "--regularizer", "vae-structured", "--model", model_dir,
+         "--iterations", "2", "--pixel", "64", "64", "--window", "9", "--out", str(out),
+         "--quiet"]
+    )  # fmt: skip
+    assert code == 0
+    assert np.load(out / "correlation.npy").shape == (9, 9)
+    assert np.load(out / "correlation.npy")[4, 4] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_reconstruct_saves_the_latent_beside_the_output(model_dir, tmp_path):
+    out = tmp_path / "recon.nii.gz"
+    code = main(
+        ["reconstruct", "sample:brain", "--regularizer", "vae-structured", "--model", model_dir,
+         "--iterations", "2", "--out", str(out), "--quiet"]
+    )  # fmt: skip
+    assert code == 0
+    assert np.load(tmp_path / "recon.latent.npy").shape == (4, 16, 16)
+    assert read_settings(out)["latent"] == "recon.latent.npy"
+
+
+def test_clear_errors(compared, model_dir, tmp_path, capsys):
+    args = ["--out", str(tmp_path / "x"), "--pixel", "1", "1"]
+    assert main(["covariance", str(compared), "--regularizer", "zero-filled", *args]) == 2
+    assert "recorded no latent" in capsys.readouterr().err
+    assert main(["covariance", str(compared), "--pixel", "500", "1", "--out", str(tmp_path)]) == 2
+    assert "outside" in capsys.readouterr().err
+    code = main(["reconstruct", "sample:brain", "--regularizer", "vae-diagonal", "--model",
+                 model_dir, "--iterations", "1", "--out", str(tmp_path / "r.npy"),
+                 "--quiet"])  # fmt: skip
+    assert code == 2
+    assert "diagonal covariance" in capsys.readouterr().err
+    code = main(["compare", "sample:brain", "--regularizers", "vae-structured", "--model",
+                 str(tmp_path / "missing"), "--out-dir", str(tmp_path / "c"),
+                 "--quiet"])  # fmt: skip
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err
