@@ -682,16 +682,13 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
             print(f"napari-genreg: builtin source {name} not found: {reason}", file=sys.stderr)
         if not found:
             raise ValueError(
-                "no builtin source found: run tools/fetch_builtin_data.py "
-                "(or give --source PATH)"
+                "no builtin source found: run tools/fetch_builtin_data.py (or give --source PATH)"
             )
         sources.extend(found)
 
     def report(record) -> None:
         planes = ", ".join(f"{plane} {n}" for plane, n in record.slices.items())
-        print(
-            f"{record.name}: {record.split}, {planes} slices ({record.licence})", file=sys.stderr
-        )
+        print(f"{record.name}: {record.split}, {planes} slices ({record.licence})", file=sys.stderr)
 
     manifest = prepare_dataset(
         sources,

@@ -77,6 +77,6 @@ def test_phase_removal_on_the_twix_example_leaves_a_real_positive_image():
     assert float(inside.float().mean()) > 0.2
     before = (image.imag.abs()[inside] / image.abs()[inside]).median()
     real = remove_phase(image, phase)
-    after = (real.imag.abs()[inside] / real.abs()[inside])
+    after = real.imag.abs()[inside] / real.abs()[inside]
     assert float(after.median()) < 0.1 and float(after.median()) < float(before)
     assert float((real.real[inside] > 0).float().mean()) > 0.98

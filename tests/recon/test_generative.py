@@ -19,7 +19,8 @@ from napari_genreg.physics.coils import simulate_multicoil, synthetic_maps
 from napari_genreg.physics.masks import make_mask
 from napari_genreg.recon import METHODS, build_problem, get_method, iterate, reconstruct
 from napari_genreg.recon.generative import (
-    LAMBDA_RULE,
+    LAMBDA_NOISE_CONSTANT,
+    LAMBDA_RANGE,
     generative_method,
     load_prior_model,
     model_spec_of,
@@ -90,7 +91,16 @@ def test_the_registry_holds_the_generative_methods():
     assert model_spec_of(get_method("vae-structured")) == "builtin:structured"
     assert model_spec_of(get_method("range")) == "builtin:identity"
     assert model_spec_of(get_method("tv")) is None
-    assert set(LAMBDA_RULE) == {"identity", "diagonal", "structured", "range"}
+
+
+def test_the_automatic_weight_follows_the_noise_level(brain64):
+    low, high = _problem(brain64, sigma=0.01), _problem(brain64, sigma=0.05)
+    structured = get_method("vae-structured")
+    assert structured.auto_lam(low) == pytest.approx(LAMBDA_NOISE_CONSTANT / low.noise_relative)
+    assert structured.auto_lam(high) == pytest.approx(structured.auto_lam(low) / 5, rel=0.05)
+    assert get_method("range").auto_lam(high) == LAMBDA_RANGE == 1.0
+    # on noiseless data the noise floor caps the weight at the Bayesian lam = 1
+    assert structured.auto_lam(_problem(brain64, sigma=0.0)) == pytest.approx(1.0)
 
 
 def test_use_model_overrides_every_generative_method_inside_the_block(models):
@@ -108,7 +118,7 @@ def test_every_generative_method_runs_and_its_objective_decreases(name, models, 
     with use_model(models["structured"] if name != "vae-diagonal" else models["diagonal"]):
         result = reconstruct(problem, name, iterations=6)
     assert result.image.shape == (64, 64) and np.all(np.isfinite(result.image))
-    assert result.lam == 1.0
+    assert result.lam == pytest.approx(get_method(name).auto_lam(problem))
     assert result.latent.shape == (4, 8, 8) and result.latent.dtype == np.float32
     assert result.model in (models["structured"], models["diagonal"])
     objectives = np.array(result.objectives)

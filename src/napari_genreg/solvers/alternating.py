@@ -364,9 +364,8 @@ def alternating_minimisation(
     def detached(decoded: Any) -> Any:
         return type(decoded)(*(_detach(part) for part in decoded))
 
-    def step_x(current: _Evaluated, v: Tensor) -> tuple[Tensor, Any]:
-        frozen = detached(current.decoded)
-        new = x_step(
+    def step_x(frozen: Any, v: Tensor) -> Tensor:
+        return x_step(
             op,
             y,
             prior,
@@ -377,7 +376,6 @@ def alternating_minimisation(
             shifted_solve=shifted_solve,
             data_diagonal=data_diagonal,
         )
-        return new, frozen
 
     x = x0.detach().clone()
     candidates = [z0.detach()]
@@ -389,7 +387,8 @@ def alternating_minimisation(
     best: tuple[float, _Evaluated, Tensor] | None = None
     for z in candidates:
         current = evaluate(z, x)
-        v, frozen = step_x(current, x)
+        frozen = detached(current.decoded)
+        v = step_x(frozen, x)
         with torch.no_grad():
             value = data_term(v) + float(evaluate(current.z, v, frozen).loss.detach())
         if best is None or value < best[0]:
@@ -406,7 +405,7 @@ def alternating_minimisation(
             frozen = detached(current.decoded)
             with torch.no_grad():
                 old = data_term(x) + float(evaluate(current.z, x, frozen).loss.detach())
-                v, frozen = step_x(current, x)
+                v = step_x(frozen, x)
                 new = data_term(v) + float(evaluate(current.z, v, frozen).loss.detach())
             if new <= old:
                 x = v
