@@ -619,8 +619,7 @@ def run_request(
     napari_genreg.recon.ReconstructionError
         When a method diverges or runs out of memory (the message names it).
     """
-    from napari_genreg.metrics import evaluate
-    from napari_genreg.recon import build_problem, get_method, iterate, resolve_device, resolve_lam
+    from napari_genreg.recon import build_problem, get_method, resolve_device, run
 
     methods = [get_method(name) for name in request.methods]  # unknown names fail first
     planned = request.planned_iterations()
@@ -635,12 +634,15 @@ def run_request(
     results = []
     last_preview = -math.inf
     for method in methods:
-        lam = resolve_lam(method, problem, request.lam)
-        objectives: list[float] = []
-        state = None
-        start = clock()
-        for state in iterate(problem, method.name, lam=lam, iterations=planned[method.name]):
-            objectives.append(state.objective)
+        runner = run(
+            problem, method.name, lam=request.lam, iterations=planned[method.name], clock=clock
+        )
+        while True:
+            try:
+                state = next(runner)
+            except StopIteration as finished:
+                core = finished.value
+                break
             preview = None
             now = clock()
             if now - last_preview >= preview_interval:
@@ -649,13 +651,7 @@ def run_request(
             yield IterationEvent(
                 method.name, state.iteration, planned[method.name], state.objective, preview
             )
-        if state is None:
-            from napari_genreg.recon import ReconstructionError
-
-            raise ReconstructionError(f"{method.name}: the solver produced no iterate")
-        image = problem.magnitude(state.x)
-        seconds = clock() - start
-        metrics = None if reference is None else evaluate(reference, image)
+        lam = core.lam
         settings = {
             "software": f"napari-genreg {__version__}",
             "input": info["source"],
@@ -673,14 +669,14 @@ def run_request(
         result = MethodResult(
             method=method.name,
             name=request.result_name(method.name, method.has_lam),
-            image=image,
+            image=core.image,
             lam=lam,
             has_lam=method.has_lam,
             lam_automatic=request.lam is None and method.has_lam,
-            iterations=state.iteration,
-            seconds=seconds,
-            objectives=tuple(objectives),
-            metrics=metrics,
+            iterations=core.iterations,
+            seconds=core.seconds,
+            objectives=core.objectives,
+            metrics=core.metrics,
             settings=settings,
             info=info,
             display_range=display_range,

@@ -11,6 +11,7 @@ from napari_genreg.recon.run import (
     iterate,
     reconstruct,
     resolve_lam,
+    run,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "reconstruct",
     "resolve_device",
     "resolve_lam",
+    "run",
 ]

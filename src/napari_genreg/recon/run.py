@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -115,33 +115,33 @@ class Result:
     model: str | None = None
 
 
-def reconstruct(
+def run(
     problem: Problem,
     name: str,
     *,
     lam: float | None = None,
     iterations: int | None = None,
-    on_state: Callable[[SolverState], None] | None = None,
-) -> Result:
-    """Run method ``name`` to its iteration limit and collect the :class:`Result`.
+    clock: Callable[[], float] = time.perf_counter,
+) -> Generator[SolverState, None, Result]:
+    """Yield the states of method ``name`` like :func:`iterate`, and *return* the finished
+    :class:`Result` (``StopIteration.value``; ``result = yield from run(...)``).
 
-    ``on_state`` is called with every state (for progress bars); to stop early or preview
-    iterates, drive :func:`iterate` instead.
+    The one place where a run becomes a result, shared by :func:`reconstruct` (the CLI) and the
+    napari worker, which forwards each state as a progress event and may stop early.
     """
     method = get_method(name)
     weight = resolve_lam(method, problem, lam)
     objectives = []
     state = None
-    start = time.perf_counter()
+    start = clock()
     for state in iterate(problem, name, lam=weight, iterations=iterations):
         objectives.append(state.objective)
-        if on_state is not None:
-            on_state(state)
+        yield state
     if state is None:
         raise ReconstructionError(f"{name}: the solver produced no iterate")
     if problem.device.type == "cuda":
         torch.cuda.synchronize(problem.device)
-    seconds = time.perf_counter() - start
+    seconds = clock() - start
     image = problem.magnitude(state.x)
     metrics = None if problem.reference is None else evaluate(problem.reference, image)
     z = getattr(state, "z", None)
@@ -157,3 +157,26 @@ def reconstruct(
         latent,
         model_spec_of(method),
     )
+
+
+def reconstruct(
+    problem: Problem,
+    name: str,
+    *,
+    lam: float | None = None,
+    iterations: int | None = None,
+    on_state: Callable[[SolverState], None] | None = None,
+) -> Result:
+    """Run method ``name`` to its iteration limit and collect the :class:`Result`.
+
+    ``on_state`` is called with every state (for progress bars); to stop early or preview
+    iterates, drive :func:`run` or :func:`iterate` instead.
+    """
+    runner = run(problem, name, lam=lam, iterations=iterations)
+    while True:
+        try:
+            state = next(runner)
+        except StopIteration as finished:
+            return finished.value
+        if on_state is not None:
+            on_state(state)
