@@ -82,6 +82,7 @@ def _work(job: dict) -> list[dict]:
 
     images = np.load(Path(job["data"]) / "val.npy", mmap_mode="r")
     done = {tuple(k) for k in job["done"]}
+    partial = Path(job["partial"])
     rows = []
     for index in job["indices"]:
         image = np.asarray(images[index], dtype=np.float32)
@@ -109,8 +110,13 @@ def _work(job: dict) -> list[dict]:
                             "seconds": r.seconds,
                         }
                     )
+        partial.write_text(json.dumps(rows))  # survives an interrupted run
         print(f"[{os.getpid()}] slice {index} done", flush=True)
     return rows
+
+
+def _key(row: dict) -> tuple:
+    return (row["method"], row["mask"], row["sigma"], row["slice"])
 
 
 def _mean_std(values) -> tuple[float, float]:
@@ -271,6 +277,14 @@ def main() -> None:
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.exists() and not args.fresh else {}
     rows, runs = previous.get("rows", []), previous.get("runs", [])
+    parts = sorted(out.parent.glob(out.stem + ".part*.json"))
+    if parts:  # rows of an interrupted run
+        seen = {_key(r) for r in rows}
+        for part in parts:
+            rows += [r for r in json.loads(part.read_text()) if _key(r) not in seen]
+        out.write_text(json.dumps({"rows": rows, "runs": runs}, indent=1))
+        for part in parts:
+            part.unlink()
     if not args.report_only:
         import multiprocessing as mp
 
@@ -279,7 +293,7 @@ def main() -> None:
         total = np.load(Path(args.data) / "val.npy", mmap_mode="r").shape[0]
         indices = slice_indices(args.slices, total)
         methods = [m for m in args.methods.split(",") if m]
-        done = [(r["method"], r["mask"], r["sigma"], r["slice"]) for r in rows]
+        done = [_key(r) for r in rows]
         jobs = [
             {
                 "data": args.data,
@@ -288,6 +302,7 @@ def main() -> None:
                 "device": args.device,
                 "threads": args.threads,
                 "done": done,
+                "partial": str(out.parent / f"{out.stem}.part{w}.json"),
             }
             for w in range(args.workers)
         ]
@@ -307,8 +322,10 @@ def main() -> None:
         info["workers"] = args.workers
         info["wall_seconds"] = round(time.perf_counter() - start, 1)
         runs = [*runs, {"command": command_line(), "machine": info}]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"rows": rows, "runs": runs}, indent=1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "runs": runs}, indent=1))
+    for part in out.parent.glob(out.stem + ".part*.json"):
+        part.unlink()
     text = summarise(rows, runs)
     out.with_suffix(".md").write_text(text)
     print(text)
