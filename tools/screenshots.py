@@ -9,7 +9,15 @@ It opens the brain sample, docks the Reconstruct widget, runs zero-filled, TV an
 
 - ``docs/images/reconstruct_dock.png``: the whole window (the widget with its metrics table and
   convergence plot, the results side by side in grid mode);
-- ``docs/images/comparison_grid.png``: the canvas alone.
+- ``docs/images/comparison_grid.png``: the canvas alone;
+
+then docks the Covariance Inspector, runs vae-structured, clicks a pixel and writes
+
+- ``docs/images/covariance_view.png``: the whole window, the positive (red) and negative
+  (blue) covariance around the clicked pixel over the reconstruction, the marker and the
+  inspector's dock.
+
+``--only reconstruct`` or ``--only covariance`` writes one part.
 
 ``xvfb-run``'s default screen is small (640x480, 8-bit); when the screen is smaller than the
 window, the script runs itself again under its own ``Xvfb`` of 1920x1200x24 (if ``Xvfb`` is
@@ -30,6 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "images"
 WINDOW = (1600, 1000)
 METHODS = ("zero-filled", "tv", "wavelet")
+#: The pixel of the covariance screenshot (row, col).
+PIXEL = (58, 44)
+#: Zoom of the covariance screenshot relative to the whole image (the covariance is local).
+ZOOM = 1.8
 OWN_DISPLAY_FLAG = "NAPARI_GENREG_SCREENSHOT_OWN_DISPLAY"
 
 
@@ -70,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=OUT, help="folder of the PNGs")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for the run")
+    parser.add_argument(
+        "--only", choices=("reconstruct", "covariance"), default=None, help="write one part"
+    )
     args = parser.parse_args(argv)
 
     import napari
@@ -85,6 +100,17 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return _rerun_under_own_xvfb()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.only in (None, "reconstruct") and _reconstruct(app, args) != 0:
+        return 1
+    if args.only in (None, "covariance"):
+        return _covariance(app, args)
+    return 0
+
+
+def _reconstruct(app, args) -> int:
+    import napari
 
     viewer = napari.Viewer(title="napari-genreg")
     viewer.window.resize(*WINDOW)
@@ -106,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         app.processEvents()
         time.sleep(0.02)
 
-    args.out.mkdir(parents=True, exist_ok=True)
     dock = args.out / "reconstruct_dock.png"
     grid = args.out / "comparison_grid.png"
     viewer.screenshot(str(dock), canvas_only=False)
@@ -115,6 +140,47 @@ def main(argv: list[str] | None = None) -> int:
         m = result.metrics
         print(f"{result.name}: PSNR {m.psnr:.2f} dB, SSIM {m.ssim:.4f}", file=sys.stderr)
     print(f"screenshots: wrote {dock} and {grid}", file=sys.stderr)
+    viewer.close()
+    return 0
+
+
+def _covariance(app, args) -> int:
+    import napari
+
+    viewer = napari.Viewer(title="napari-genreg")
+    viewer.window.resize(*WINDOW)
+    viewer.open_sample("napari-genreg", "brain")
+    _, recon = viewer.window.add_plugin_dock_widget("napari-genreg", "Reconstruct")
+    _, inspector = viewer.window.add_plugin_dock_widget("napari-genreg", "Covariance Inspector")
+    _wait(app, recon.is_ready, 60)
+    recon.set_mask_choice("poisson")
+    recon.acceleration_spin.setValue(4.0)
+    recon.refresh_mask()
+    recon.set_methods(["vae-structured"])
+    recon.grid_check.setChecked(False)
+    recon.run()
+    _wait(app, lambda: recon.worker is None, args.timeout)
+    if len(recon.results) != 1:
+        print(f"screenshots: the run did not finish: {recon.status.text()}", file=sys.stderr)
+        return 1
+    (result,) = recon.results
+    inspector.set_source(result.name)
+    source = viewer.layers[result.name]
+    inspector.inspect_world(source.data_to_world(PIXEL))
+    _wait(app, lambda: inspector.worker is None, 120)
+    if inspector.pixel != PIXEL:
+        print(f"screenshots: the inspection failed: {inspector.status.text()}", file=sys.stderr)
+        return 1
+    viewer.reset_view()
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.center = tuple(source.data_to_world(PIXEL))
+    camera.zoom *= ZOOM
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.02)
+    path = args.out / "covariance_view.png"
+    viewer.screenshot(str(path), canvas_only=False)
+    print(f"screenshots: wrote {path}", file=sys.stderr)
     viewer.close()
     return 0
 

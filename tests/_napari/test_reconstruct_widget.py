@@ -20,6 +20,9 @@ from napari_genreg.metrics import evaluate  # noqa: E402
 from napari_genreg.physics.masks import make_mask  # noqa: E402
 
 TIMEOUT_MS = 30_000
+#: Registered methods that cannot run in a fresh checkout yet: vn needs a trained built-in model
+#: (models/builtin/vn), which is not installed while it is being added.
+NOT_YET_RUNNABLE = frozenset({"vn"})
 
 
 @pytest.fixture
@@ -80,7 +83,11 @@ def test_the_manifest_offers_the_reconstruct_widget():
     pm = npe2.PluginManager.instance()
     pm.discover()
     manifest = pm.get_manifest("napari-genreg")
-    assert [w.display_name for w in manifest.contributions.widgets] == ["Reconstruct"]
+    names = [w.display_name for w in manifest.contributions.widgets]
+    assert names == ["Reconstruct", "Covariance Inspector"]
+    (writer,) = manifest.contributions.writers
+    assert writer.layer_types == ["image"]
+    assert writer.filename_extensions == [".npy", ".nii", ".nii.gz", ".h5"]
     validate = subprocess.run(
         [sys.executable, "-m", "npe2", "validate", "napari-genreg"], capture_output=True, text=True
     )
@@ -139,6 +146,29 @@ def test_two_regularisers_end_to_end(sample, qtbot):
     assert not viewer.layers[MASK_LAYER_NAME].visible
     widget.grid_check.setChecked(False)
     assert not grid(viewer).enabled and viewer.layers["brain k-space"].visible
+
+
+def test_every_registered_regulariser_runs_in_the_gui(sample, qtbot):
+    """Every method of the registry, generative ones included, in one run of 2 iterations."""
+    viewer, widget = sample
+    methods = [info.name for info in widget.choices.methods if info.name not in NOT_YET_RUNNABLE]
+    assert {"vae-identity", "vae-diagonal", "vae-structured", "range"} <= set(methods)
+    widget.set_methods(methods)
+    assert widget.checked_methods() == tuple(methods)
+    widget.iterations_spin.setValue(2)
+    run_and_wait(qtbot, widget)
+    assert [r.method for r in widget.results] == methods
+    for result in widget.results:
+        layer = viewer.layers[result.name]
+        assert layer.data.shape == (128, 128) and np.all(np.isfinite(layer.data))
+        meta = layer.metadata[METADATA_KEY]
+        assert meta["iterations"] <= 2
+        generative = result.method.startswith("vae-") or result.method == "range"
+        if generative:
+            assert meta["latent"] is not None and meta["latent"].ndim == 3
+            assert meta["model"].startswith("builtin:") and meta["prior_head"]
+        if result.method in ("tv", "wavelet", "zero-filled", "least-squares"):
+            assert meta["latent"] is None and meta["model"] is None
 
 
 def test_the_live_mask_follows_the_controls(sample, qtbot):

@@ -38,8 +38,10 @@ from napari_genreg.physics.masks import (
 KIND_RECONSTRUCTION = "reconstruction"
 KIND_MASK = "sampling mask"
 KIND_PREVIEW = "preview"
+#: Layers of the Covariance Inspector (covariance maps, samples, the pixel marker).
+KIND_COVARIANCE = "covariance"
 #: Layers of these kinds are neither inputs nor drawn masks.
-OWN_KINDS = frozenset({KIND_RECONSTRUCTION, KIND_MASK, KIND_PREVIEW})
+OWN_KINDS = frozenset({KIND_RECONSTRUCTION, KIND_MASK, KIND_PREVIEW, KIND_COVARIANCE})
 
 #: Name of the live sampling-mask layer and of the preview layer.
 MASK_LAYER_NAME = "sampling mask"
@@ -534,6 +536,15 @@ class MethodResult:
         Contrast limits shared by the run's results.
     scale
         Pixel size of the layer.
+    latent
+        float32 ``(c, h, w)``: the latent ``z`` a generative method reached (on the padded
+        grid, see :class:`napari_genreg.recon.Result`), else ``None``.
+    model
+        The prior model of a generative method (``builtin:<name>`` or a directory), else
+        ``None``.
+    prior_head
+        The decoder head of a generative method (``"configured"`` or ``"identity"``), else
+        ``None``.
     """
 
     method: str
@@ -550,6 +561,9 @@ class MethodResult:
     info: dict[str, Any]
     display_range: tuple[float, float]
     scale: tuple[float, float] = (1.0, 1.0)
+    latent: np.ndarray | None = field(default=None, repr=False)
+    model: str | None = None
+    prior_head: str | None = None
 
 
 class MethodFinished(NamedTuple):
@@ -620,6 +634,7 @@ def run_request(
         When a method diverges or runs out of memory (the message names it).
     """
     from napari_genreg.recon import build_problem, get_method, resolve_device, run
+    from napari_genreg.recon.generative import head_of
 
     methods = [get_method(name) for name in request.methods]  # unknown names fail first
     planned = request.planned_iterations()
@@ -652,6 +667,7 @@ def run_request(
                 method.name, state.iteration, planned[method.name], state.objective, preview
             )
         lam = core.lam
+        head = head_of(method)
         settings = {
             "software": f"napari-genreg {__version__}",
             "input": info["source"],
@@ -666,6 +682,9 @@ def run_request(
             "simulated_noise_sigma": request.data.meta.extra.get("noise_sigma_relative"),
             "simulated_seed": request.data.meta.extra.get("seed"),
         }
+        if core.model is not None:
+            settings["model"] = core.model
+            settings["prior_head"] = head
         result = MethodResult(
             method=method.name,
             name=request.result_name(method.name, method.has_lam),
@@ -681,6 +700,9 @@ def run_request(
             info=info,
             display_range=display_range,
             scale=request.scale,
+            latent=core.latent,
+            model=core.model,
+            prior_head=head if core.latent is not None else None,
         )
         results.append(result)
         yield MethodFinished(result)
@@ -695,7 +717,10 @@ def result_layer(result: MethodResult, mask: np.ndarray | None = None) -> LayerD
 
     ``metadata["napari_genreg"]`` holds ``kind="reconstruction"``, ``regularizer``,
     ``settings``, ``lam``, ``iterations``, ``objectives``, ``seconds``, ``metrics`` (a dict or
-    ``None``), ``problem`` (:func:`problem_info`) and, when given, the sampling ``mask``.
+    ``None``), ``problem`` (:func:`problem_info`, with the intensity ``scale`` and the
+    ``recon_size``), the sampling ``mask`` (or ``None``) and, for the generative methods, what
+    the Covariance Inspector needs: the ``latent`` z (float32 ``(c, h, w)``), the ``model``
+    and the ``prior_head`` (all three ``None`` for the other methods).
     """
     metrics = None if result.metrics is None else result.metrics._asdict()
     meta = {
@@ -710,6 +735,9 @@ def result_layer(result: MethodResult, mask: np.ndarray | None = None) -> LayerD
             "metrics": metrics,
             "problem": dict(result.info),
             "mask": mask,
+            "latent": result.latent,
+            "model": result.model,
+            "prior_head": result.prior_head,
         }
     }
     kwargs = {

@@ -1,0 +1,390 @@
+"""The Covariance Inspector dock widget: click a pixel, see the learned covariance around it.
+
+The widget holds no numerics. A left click on the canvas (in pan/zoom mode) is turned into a
+pixel of the chosen reconstruction layer (:func:`._inspector.pixel_at`);
+:func:`._inspector.compute_layers` runs in a napari ``thread_worker`` (one inspection costs a
+decoder pass and two triangular solves, about 0.3 s at 128 x 128 on one CPU thread: too long
+for the event loop) and its layer data tuples replace the data of the inspection's layers,
+which are created on the first click and updated on every later one. Clicks that arrive while
+an inspection is computing are not queued: only the latest is run next, the others are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from napari.utils.notifications import show_error
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QLabel,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_genreg._napari import _inspector as inspector
+from napari_genreg._napari._session import KIND_COVARIANCE, layer_kind
+
+if TYPE_CHECKING:
+    import napari
+
+logger = logging.getLogger(__name__)
+
+#: Notification prefix of the widget's errors.
+TITLE = "Covariance Inspector"
+
+
+class InspectionFailed(Exception):
+    """An inspection failed in the worker thread (``RuntimeError`` re-raised: superqt's
+    workers swallow ``RuntimeError`` as a sign of a deleted worker)."""
+
+
+def _compute(
+    target: inspector.InspectTarget, pixel: tuple[int, int], options: inspector.InspectOptions
+) -> dict[str, Any]:
+    try:
+        return inspector.compute_layers(target, pixel, options)
+    except RuntimeError as exc:
+        raise InspectionFailed(f"{type(exc).__name__}: {exc}") from exc
+
+
+class CovarianceWidget(QWidget):
+    """Inspect the covariance a generative reconstruction's prior learned around a pixel.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer whose reconstruction layers are inspected and which receives the layers.
+    """
+
+    #: Emitted when the layers show a finished inspection.
+    inspection_done = Signal()
+    #: Emitted with the message when an inspection could not be shown.
+    inspection_failed = Signal(str)
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        #: The inspection's layers by role (:data:`._inspector.ROLES`).
+        self.layers: dict[str, Any] = {}
+        self.worker: Any = None
+        self.pixel: tuple[int, int] | None = None
+        #: Seconds from the last shown click to its layers being updated.
+        self.last_latency: float | None = None
+        self._pending: tuple[Any, ...] | None = None
+        self._focused: str | None = None
+        self._build_ui()
+        self._rebuild_sources()
+        layers = self.viewer.layers
+        layers.events.inserted.connect(self._on_layers_changed)
+        layers.events.removed.connect(self._on_layers_changed)
+        layers.selection.events.active.connect(self._on_active_changed)
+        for layer in layers:
+            layer.events.name.connect(self._on_layers_changed)
+        callbacks = self.viewer.mouse_drag_callbacks
+        callback = self._on_mouse_drag
+        callbacks.append(callback)
+        self.destroyed.connect(lambda *_: _remove(callbacks, callback))
+
+    # ------------------------------------------------------------------------------ layout
+
+    def _build_ui(self) -> None:
+        root = QVBoxLayout(self)
+        box = QGroupBox("Reconstruction")
+        form = QFormLayout(box)
+        self.source_combo = QComboBox()
+        self.source_combo.setToolTip(
+            "A reconstruction made by a vae-* method: its prior's covariance at the latent the "
+            "reconstruction reached is inspected"
+        )
+        self.source_info = QLabel()
+        self.source_info.setWordWrap(True)
+        form.addRow("layer", self.source_combo)
+        form.addRow(self.source_info)
+        root.addWidget(box)
+
+        box = QGroupBox("Show")
+        form = QFormLayout(box)
+        self.click_check = QCheckBox("inspect the pixel I click (pan/zoom mode)")
+        self.click_check.setChecked(True)
+        self.correlation_check = QCheckBox("correlation map")
+        self.variance_check = QCheckBox("variance map")
+        self.samples_check = QCheckBox("prior samples")
+        self.samples_spin = QSpinBox()
+        self.samples_spin.setRange(1, 64)
+        self.samples_spin.setValue(inspector.DEFAULT_SAMPLES)
+        self.samples_spin.setToolTip("Number of samples x ~ N(mean, covariance) at the latent")
+        form.addRow(self.click_check)
+        form.addRow(self.correlation_check)
+        form.addRow(self.variance_check)
+        form.addRow(self.samples_check, self.samples_spin)
+        root.addWidget(box)
+
+        legend = QLabel(
+            "Red: pixels that vary <b>with</b> the clicked one (positive covariance); blue: "
+            "pixels that vary <b>against</b> it (negative). Both are scaled to the largest "
+            "covariance away from the pixel itself."
+        )
+        legend.setWordWrap(True)
+        root.addWidget(legend)
+        self.status = QLabel("click a pixel of the reconstruction")
+        self.status.setWordWrap(True)
+        root.addWidget(self.status)
+        root.addStretch(1)
+        self.setMinimumHeight(self.sizeHint().height())
+
+        self.source_combo.currentIndexChanged.connect(self._on_source_changed)
+
+    # ---------------------------------------------------------------------------- sources
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        if event is not None and getattr(event, "type", "") == "inserted":
+            event.value.events.name.connect(self._on_layers_changed)
+        self._rebuild_sources()
+
+    def _rebuild_sources(self) -> None:
+        old = self.source_combo.currentText()
+        names = [la.name for la in self.viewer.layers if inspector.is_reconstruction(la)]
+        self.source_combo.blockSignals(True)
+        self.source_combo.clear()
+        self.source_combo.addItems(names)
+        if old in names:
+            self.source_combo.setCurrentText(old)
+        else:
+            generative = [n for n in names if inspector.is_generative(self.viewer.layers[n])]
+            self.source_combo.setCurrentText((generative or names or [""])[-1])
+        self.source_combo.blockSignals(False)
+        self._on_source_changed()
+
+    def _on_active_changed(self, event: Any = None) -> None:
+        layer = self.viewer.layers.selection.active
+        if layer is not None and inspector.is_reconstruction(layer):
+            self.source_combo.setCurrentText(layer.name)
+
+    def _on_source_changed(self, *_: Any) -> None:
+        layer = self.source_layer()
+        if layer is None:
+            self.source_info.setText("no reconstruction yet: run a vae-* method in Reconstruct")
+            return
+        try:
+            target = inspector.inspect_target(layer)
+        except ValueError as exc:
+            self.source_info.setText(f"<span style='color:#ff6b6b'>{exc}</span>")
+            return
+        c, h, w = target.latent.shape
+        self.source_info.setText(
+            f"{target.method}, model {target.model}, latent {c}x{h}x{w}, "
+            f"{target.shape[0]}x{target.shape[1]} pixels"
+        )
+
+    def source_layer(self) -> Any:
+        """The chosen reconstruction layer, or ``None``."""
+        name = self.source_combo.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    def set_source(self, name: str) -> None:
+        """Choose the reconstruction layer called ``name``."""
+        index = self.source_combo.findText(name)
+        if index < 0:
+            raise ValueError(f"{name!r} is not a reconstruction layer")
+        self.source_combo.setCurrentIndex(index)
+
+    def options(self) -> inspector.InspectOptions:
+        """What the check boxes ask for."""
+        return inspector.InspectOptions(
+            correlation=self.correlation_check.isChecked(),
+            variance=self.variance_check.isChecked(),
+            samples=self.samples_spin.value() if self.samples_check.isChecked() else 0,
+        )
+
+    # ----------------------------------------------------------------------------- clicks
+
+    def _on_mouse_drag(self, viewer: Any, event: Any):
+        """A left click without a drag, in pan/zoom mode, inspects the pixel under it."""
+        if not self.click_check.isChecked() or getattr(event, "button", 1) != 1:
+            return
+        if getattr(event, "modifiers", ()) or not self._pan_zoom_mode():
+            return
+        position = tuple(event.position)
+        dragged = False
+        yield
+        while event.type == "mouse_move":
+            dragged = True
+            yield
+        if not dragged:
+            self.inspect_world(position)
+
+    def _pan_zoom_mode(self) -> bool:
+        active = self.viewer.layers.selection.active
+        mode = getattr(active, "mode", "pan_zoom") if active is not None else "pan_zoom"
+        return str(mode) == "pan_zoom"
+
+    def inspect_world(self, position: Sequence[float]) -> bool:
+        """Inspect the pixel of the chosen reconstruction under the world ``position`` (what a
+        click does). Errors are shown as notifications; the layers are left as they are.
+
+        Returns
+        -------
+        bool
+            True when an inspection was started or queued.
+        """
+        layer = self.source_layer()
+        try:
+            target = inspector.inspect_target(layer)
+            pixel = inspector.pixel_at(layer, position)
+        except ValueError as exc:
+            self._fail(str(exc))
+            return False
+        return self._request(target, pixel)
+
+    def inspect_pixel(self, pixel: tuple[int, int]) -> bool:
+        """Inspect ``(row, col)`` of the chosen reconstruction (see :meth:`inspect_world`)."""
+        layer = self.source_layer()
+        try:
+            target = inspector.inspect_target(layer)
+            h, w = target.shape
+            if not (0 <= pixel[0] < h and 0 <= pixel[1] < w):
+                raise ValueError(f"pixel {tuple(pixel)} lies outside {layer.name!r} ({h} x {w})")
+        except ValueError as exc:
+            self._fail(str(exc))
+            return False
+        return self._request(target, (int(pixel[0]), int(pixel[1])))
+
+    def _fail(self, message: str) -> None:
+        show_error(f"{TITLE}: {message}")
+        self.status.setText(f"<span style='color:#ff6b6b'>{message}</span>")
+        self.inspection_failed.emit(message)
+
+    # ----------------------------------------------------------------------------- worker
+
+    def _request(self, target: inspector.InspectTarget, pixel: tuple[int, int]) -> bool:
+        request = (target, pixel, self.options(), time.perf_counter())
+        if self.worker is not None:
+            self._pending = request  # only the latest click waits; earlier ones are dropped
+            self.status.setText(f"pixel {pixel}: waiting for the inspection in progress…")
+            return True
+        self._start(request)
+        return True
+
+    def _start(self, request: tuple[Any, ...]) -> None:
+        from napari.qt.threading import thread_worker
+        from superqt.utils import FunctionWorker
+
+        target, pixel, options, clicked = request
+        worker = thread_worker(
+            _compute, start_thread=False, worker_class=FunctionWorker, ignore_errors=True
+        )(target, pixel, options)
+        worker.returned.connect(lambda layers: self._show(target, pixel, layers, clicked))
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.status.setText(f"{target.name}: computing the covariance at pixel {pixel}…")
+        worker.start()
+
+    def _on_error(self, exc: BaseException) -> None:
+        if isinstance(exc, InspectionFailed) and exc.__cause__ is not None:
+            exc = exc.__cause__
+        known = isinstance(exc, ValueError | MemoryError)
+        if not known:
+            logger.error("inspection failed", exc_info=(type(exc), exc, exc.__traceback__))
+        self._fail(str(exc) if known else f"{type(exc).__name__}: {exc}")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._start(pending)
+
+    def _show(
+        self,
+        target: inspector.InspectTarget,
+        pixel: tuple[int, int],
+        layers: dict[str, Any],
+        clicked: float,
+    ) -> None:
+        """Put an inspection's layer data into the layers (created on the first call)."""
+        from napari.layers import Layer
+
+        if target.name not in self.viewer.layers:
+            self._fail(f"the layer {target.name!r} is gone")
+            return
+        for role in list(self.layers):  # roles no longer asked for
+            if role not in layers:
+                old = self.layers.pop(role)
+                if old in self.viewer.layers:
+                    self.viewer.layers.remove(old)
+        for role, (data, kwargs, kind) in layers.items():
+            layer = self.layers.get(role)
+            if layer is not None and layer in self.viewer.layers and _is_kind(layer, kind):
+                _update(layer, data, kwargs)
+            else:
+                self.layers[role] = self.viewer.add_layer(Layer.create(data, kwargs, kind))
+        self._focus(target.name)
+        self.pixel = pixel
+        self.last_latency = time.perf_counter() - clicked
+        self.status.setText(
+            f"{target.name}: covariance with pixel {pixel} "
+            f"({1e3 * self.last_latency:.0f} ms from the click)"
+        )
+        self.inspection_done.emit()
+
+    def _focus(self, source: str) -> None:
+        """Once per source: leave grid mode and hide the images that would cover the source,
+        so that the overlay is drawn over it."""
+        if self._focused == source:
+            return
+        self._focused = source
+        layers = self.viewer.layers
+        grid = _grid(self.viewer)
+        if grid.enabled:
+            grid.enabled = False
+        base = layers[source]
+        base.visible = True
+        start = layers.index(base)
+        for layer in list(layers)[start + 1 :]:
+            if layer_kind(layer) != KIND_COVARIANCE and layer.visible:
+                layer.visible = False
+
+
+def _update(layer: Any, data: Any, kwargs: dict[str, Any]) -> None:
+    """Give ``layer`` the data and the settings of a new inspection (only what changed is
+    set: each setter redraws the layer)."""
+    import numpy as np
+
+    layer.metadata = kwargs["metadata"]
+    for name in ("scale", "translate"):
+        value = kwargs[name]
+        if not np.array_equal(getattr(layer, name)[-len(value) :], value):
+            setattr(layer, name, value)
+    limits = kwargs.get("contrast_limits")
+    if limits is not None and tuple(layer.contrast_limits) != tuple(limits):
+        layer.contrast_limits_range = limits
+        layer.contrast_limits = limits
+    layer.data = data
+
+
+def _remove(callbacks: list[Callable[..., Any]], callback: Callable[..., Any]) -> None:
+    if callback in callbacks:
+        callbacks.remove(callback)
+
+
+def _grid(viewer: Any) -> Any:
+    """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9, ``viewer.grid``
+    before)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
+
+
+def _is_kind(layer: Any, kind: str) -> bool:
+    """Whether ``layer`` is of the type ``kind`` of a layer data tuple (``"image"``, ``"points"``;
+    ``isinstance`` sees through the proxies napari hands to plugins)."""
+    from napari.layers import Image, Points
+
+    return isinstance(layer, {"image": Image, "points": Points}[kind])

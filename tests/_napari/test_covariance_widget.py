@@ -1,0 +1,263 @@
+"""The Covariance Inspector and the writer end to end through napari (needs Xvfb)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402
+
+from napari_genreg._napari import _inspector as inspector  # noqa: E402
+from napari_genreg._napari._layers import METADATA_KEY  # noqa: E402
+
+TIMEOUT_MS = 60_000
+VAE = "vae-structured · poisson 4x"
+TV = "tv · poisson 4x"
+
+
+def errors_since(start: int) -> list[str]:
+    return [
+        str(n.message)
+        for n in notification_manager.records[start:]
+        if n.severity == NotificationSeverity.ERROR
+    ]
+
+
+def layer_state(viewer) -> list[tuple[str, bytes, bool]]:
+    return [(la.name, np.asarray(la.data).tobytes(), la.visible) for la in viewer.layers]
+
+
+@pytest.fixture
+def inspected(make_napari_viewer, qtbot):
+    """The brain sample reconstructed by tv and vae-structured (2 iterations each) in the
+    Reconstruct widget, with the Covariance Inspector docked: both through the manifest."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-genreg", "brain")
+    _, recon = viewer.window.add_plugin_dock_widget("napari-genreg", "Reconstruct")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-genreg", "Covariance Inspector")
+    qtbot.waitUntil(recon.is_ready, timeout=TIMEOUT_MS)
+    recon.set_methods(["tv", "vae-structured"])
+    recon.iterations_spin.setValue(2)
+    with qtbot.waitSignal(recon.run_finished, timeout=TIMEOUT_MS):
+        recon.run_button.click()
+    assert [r.name for r in recon.results] == [TV, VAE]
+    return viewer, widget
+
+
+def click(widget, viewer, position, *, drag_to=None) -> None:
+    """Drive the inspector's mouse callback as napari does: press, (moves), release."""
+    (callback,) = [cb for cb in viewer.mouse_drag_callbacks if cb == widget._on_mouse_drag]
+    event = SimpleNamespace(type="mouse_press", position=tuple(position), button=1, modifiers=())
+    steps = callback(viewer, event)
+    next(steps)
+    if drag_to is not None:
+        event.type, event.position = "mouse_move", tuple(drag_to)
+        next(steps)
+    event.type = "mouse_release"
+    with pytest.raises(StopIteration):
+        next(steps)
+
+
+def expected_view(layer, pixel, samples=0):
+    """``inspect_covariance`` called directly with the layer's latent at ``pixel``."""
+    import torch
+
+    from napari_genreg.recon.covariance import inspect_covariance
+    from napari_genreg.recon.generative import load_prior_model
+
+    meta = layer.metadata[METADATA_KEY]
+    model, _ = load_prior_model(meta["model"], "cpu")
+    h, w = layer.data.shape
+    f = model.config.factor
+    grid = (meta["latent"].shape[-2] * f, meta["latent"].shape[-1] * f)
+    at = (pixel[0] + grid[0] // 2 - h // 2, pixel[1] + grid[1] // 2 - w // 2)
+    view = inspect_covariance(
+        model,
+        meta["latent"],
+        at,
+        generator=torch.Generator().manual_seed(0),
+        samples=samples,
+        scale=meta["problem"]["scale"],
+        head=meta["prior_head"],
+    )
+    return view.cropped((h, w))
+
+
+def test_a_click_shows_the_covariance_at_the_reconstructions_latent(inspected, qtbot):
+    viewer, widget = inspected
+    assert widget.source_combo.currentText() == VAE  # the newest generative result
+    source = viewer.layers[VAE]
+    meta = source.metadata[METADATA_KEY]
+    assert meta["latent"].shape == (4, 16, 16) and meta["model"] == "builtin:structured"
+    assert meta["prior_head"] == "configured" and meta["problem"]["scale"] > 0
+    assert viewer.layers[TV].metadata[METADATA_KEY]["latent"] is None
+
+    widget.correlation_check.setChecked(True)
+    widget.variance_check.setChecked(True)
+    widget.samples_check.setChecked(True)
+    widget.samples_spin.setValue(3)
+    pixel = (60, 70)
+    with qtbot.waitSignal(widget.inspection_done, timeout=TIMEOUT_MS):
+        click(widget, viewer, source.data_to_world(pixel))
+    assert widget.pixel == pixel
+    view = expected_view(source, pixel, samples=3)
+    layers = widget.layers
+    assert set(layers) == {"positive", "negative", "correlation", "variance", "samples", "marker"}
+    for role in ("positive", "negative", "correlation", "variance", "samples"):
+        np.testing.assert_allclose(layers[role].data, getattr(view, role), rtol=1e-5, atol=1e-12)
+    np.testing.assert_array_equal(layers["marker"].data, [pixel])
+    assert view.positive.max() > 0 and view.negative.max() > 0  # both signs occur
+    pos, neg = layers["positive"], layers["negative"]
+    assert (pos.colormap.name, neg.colormap.name) == ("red", "blue")
+    assert pos.blending == neg.blending == "additive"
+    assert tuple(pos.contrast_limits) == pytest.approx((0.0, inspector.overlay_limit(view)))
+    assert tuple(pos.scale) == tuple(source.scale)
+    # drawn over the reconstruction: no grid, nothing above it but the inspection
+    assert not viewer.canvas.grid.enabled and source.visible
+    above = list(viewer.layers)[viewer.layers.index(source) + 1 :]
+    assert all(la.visible == (la in layers.values()) for la in above)
+
+    # a click elsewhere updates the same layers
+    count, same = len(viewer.layers), dict(layers)
+    pixel = (30, 41)
+    with qtbot.waitSignal(widget.inspection_done, timeout=TIMEOUT_MS):
+        click(widget, viewer, source.data_to_world(pixel))
+    assert len(viewer.layers) == count
+    assert all(widget.layers[role] is layer for role, layer in same.items())
+    view = expected_view(source, pixel, samples=3)
+    np.testing.assert_allclose(widget.layers["positive"].data, view.positive, rtol=1e-5)
+    np.testing.assert_allclose(widget.layers["negative"].data, view.negative, rtol=1e-5)
+    np.testing.assert_array_equal(widget.layers["marker"].data, [pixel])
+    assert widget.layers["positive"].metadata[METADATA_KEY]["pixel"] == list(pixel)
+
+    # fewer options: the layers not asked for go, the others stay
+    widget.samples_check.setChecked(False)
+    widget.variance_check.setChecked(False)
+    with qtbot.waitSignal(widget.inspection_done, timeout=TIMEOUT_MS):
+        widget.inspect_pixel((64, 64))
+    assert set(widget.layers) == {"positive", "negative", "correlation", "marker"}
+    assert widget.layers["positive"] is same["positive"]
+    assert len(viewer.layers) == count - 2
+
+
+def test_a_drag_pans_and_inspects_nothing(inspected, qtbot):
+    viewer, widget = inspected
+    before = len(viewer.layers)
+    click(widget, viewer, (60.0, 60.0), drag_to=(70.0, 80.0))
+    qtbot.wait(50)
+    assert widget.worker is None and widget.layers == {} and len(viewer.layers) == before
+
+
+def test_clicks_faster_than_the_inspection_keep_only_the_latest(inspected, qtbot):
+    _, widget = inspected
+    shown = []
+    widget.inspection_done.connect(lambda: shown.append(widget.pixel))
+    for pixel in [(10, 10), (20, 20), (30, 30), (40, 40)]:
+        widget.inspect_pixel(pixel)
+    qtbot.waitUntil(lambda: widget.worker is None and widget._pending is None, timeout=TIMEOUT_MS)
+    assert shown == [(10, 10), (40, 40)]  # the first was running; of the rest only the latest
+    np.testing.assert_array_equal(widget.layers["marker"].data, [(40, 40)])
+
+
+def test_errors_are_notifications_and_leave_the_layers_intact(inspected, qtbot):
+    viewer, widget = inspected
+    with qtbot.waitSignal(widget.inspection_done, timeout=TIMEOUT_MS):
+        widget.inspect_pixel((64, 64))
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    before = layer_state(viewer)
+    start = len(notification_manager.records)
+
+    # a click outside the image
+    with qtbot.waitSignal(widget.inspection_failed, timeout=TIMEOUT_MS) as failed:
+        click(widget, viewer, viewer.layers[VAE].data_to_world((-5, 300)))
+    assert "outside" in failed.args[0]
+    # a reconstruction without a generative prior
+    widget.set_source(TV)
+    assert "no generative prior" in widget.source_info.text()
+    with qtbot.waitSignal(widget.inspection_failed, timeout=TIMEOUT_MS) as failed:
+        click(widget, viewer, viewer.layers[TV].data_to_world((64, 64)))
+    assert "was made by tv, which has no generative prior" in failed.args[0]
+    # a generative layer whose latent is missing
+    widget.set_source(VAE)
+    viewer.layers[VAE].metadata[METADATA_KEY]["latent"] = None
+    with qtbot.waitSignal(widget.inspection_failed, timeout=TIMEOUT_MS) as failed:
+        widget.inspect_pixel((64, 64))
+    assert "carries no latent" in failed.args[0]
+
+    messages = errors_since(start)
+    assert len(messages) == 3 and all(m.startswith("Covariance Inspector: ") for m in messages)
+    assert layer_state(viewer) == before
+    assert widget.worker is None
+
+
+@pytest.mark.parametrize("ext", [".npy", ".nii", ".nii.gz", ".h5"])
+def test_the_writer_round_trips_a_reconstruction_with_its_settings(
+    make_napari_viewer, tmp_path, ext
+):
+    from napari.layers import Layer
+
+    from napari_genreg._napari import _session as session
+    from napari_genreg.io import read_settings
+    from napari_genreg.io.images import read_nifti
+
+    request = session.ReconRequest(
+        data=session.load_input(_brain_layer(), seed=0),
+        mask=session.MaskSpec("poisson").draw((128, 128)),
+        mask_label="poisson 4x",
+        methods=("vae-structured",),
+        iterations=1,
+    )
+    *_, finished = session.run_request(request)
+    layer = Layer.create(*session.result_layer(finished.result, request.mask))
+    viewer = make_napari_viewer()
+    viewer.add_layer(layer)
+    path = tmp_path / f"recon{ext}"
+    written = viewer.layers.save(str(path), selected=True, plugin="napari-genreg")
+    assert written[0] == str(path) and path.is_file()
+    if ext == ".npy":
+        assert written[1] == str(tmp_path / "recon.json")
+        data = np.load(path)
+    elif ext == ".h5":
+        import h5py
+
+        with h5py.File(path) as f:
+            data = f["reconstruction"][()]
+    else:
+        data = read_nifti(path).reference[0]
+    np.testing.assert_array_equal(data, layer.data)
+    settings = read_settings(path)
+    meta = layer.metadata[METADATA_KEY]
+    assert settings["layer"] == layer.name and settings["regularizer"] == "vae-structured"
+    assert settings["lam"] == pytest.approx(meta["lam"]) and settings["iterations"] == 1
+    assert settings["settings"]["mask"] == "poisson 4x" and settings["model"] == meta["model"]
+    assert settings["metrics"] == pytest.approx(meta["metrics"])
+    assert settings["problem"]["scale"] == pytest.approx(meta["problem"]["scale"])
+    assert "latent" not in settings and "mask" not in settings  # arrays stay out
+
+
+def test_the_writer_refuses_unknown_extensions(make_napari_viewer, tmp_path):
+    from napari_genreg._napari._writer import write_image
+    from napari_genreg.io import WriteError
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.ones((8, 8), np.float32), name="img")
+    target = tmp_path / "img.tif"
+    with pytest.warns(UserWarning, match="not a valid writer"):
+        assert viewer.layers.save(str(target), selected=True, plugin="napari-genreg") == []
+    with pytest.raises(WriteError, match=r"supported: \.npy, \.nii, \.nii\.gz, \.h5"):
+        write_image(str(target), np.ones((8, 8)), {"name": "img"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def _brain_layer():
+    from napari.layers import Layer
+
+    from napari_genreg._napari._sample_data import brain
+
+    data, kwargs, kind = next(t for t in brain() if t[1]["name"] == "brain k-space")
+    return Layer.create(data, kwargs, kind)
