@@ -151,6 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     trn = sub.add_parser("train", help="train a VAE prior with a covariance head")
     add_train_arguments(trn)
 
+    from napari_genreg.training.vn import add_train_vn_arguments
+
+    trn_vn = sub.add_parser(
+        "train-vn",
+        help="train the variational network (method vn) for one sampling setting",
+        description="Train a Variational Network (Hammernik et al. 2018) end to end on a prepared "
+        "dataset, for one mask kind, acceleration, centre fraction and noise level; the best "
+        "validation epoch is kept in --out (use it with `reconstruct --regularizer vn --model "
+        "DIR`).",
+    )
+    add_train_vn_arguments(trn_vn)
+
     prep = sub.add_parser(
         "prepare-data",
         help="build a training set of 2-D magnitude slices from MRI volumes",
@@ -662,6 +674,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run_train(args)  # handles Ctrl-C itself: a run continues with --resume
 
 
+def cmd_train_vn(args: argparse.Namespace) -> int:
+    from napari_genreg.training.vn import run_train_vn
+
+    return run_train_vn(args)  # handles Ctrl-C itself: --out keeps the best epoch so far
+
+
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     from napari_genreg.training.data import prepare_dataset
     from napari_genreg.training.sources import search_builtin_sources
@@ -718,6 +736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "covariance": cmd_covariance,
         "prepare-data": cmd_prepare_data,
         "train": cmd_train,
+        "train-vn": cmd_train_vn,
     }
     from napari_genreg.io.errors import ReadError, WriteError
     from napari_genreg.recon import ReconstructionError

@@ -37,6 +37,12 @@ checksum disagrees, which :func:`load_model` refuses rather than loading a mixtu
 
 Built-in models: ``load_model("builtin:structured")`` (or ``identity``, ``diagonal``) reads the
 folder ``napari_genreg/models/builtin/<name>/`` shipped with the package.
+
+Variational networks (:mod:`napari_genreg.models.vn`) use the same two files and the same checks
+with the format ``"napari-genreg-vn"`` and a :class:`~napari_genreg.models.vn.VNConfig`:
+:func:`save_vn` and :func:`load_vn` (``load_vn("builtin:vn")`` reads the shipped one). Each
+loader refuses the other's directories with a message that says which loader to use;
+:func:`model_format` tells them apart without loading anything.
 """
 
 from __future__ import annotations
@@ -56,21 +62,27 @@ from typing import Any
 import torch
 
 from napari_genreg.models.vae import VAE, VAEConfig
+from napari_genreg.models.vn import VariationalNetwork, VNConfig
 
 __all__ = [
     "BUILTIN_DIR",
     "BUILTIN_MODELS",
     "BUILTIN_PREFIX",
+    "BUILTIN_VN_MODELS",
     "CONFIG_NAME",
     "FORMAT",
     "FORMAT_VERSION",
+    "VN_FORMAT",
     "WEIGHTS_NAME",
     "CheckpointError",
     "ModelCard",
     "atomic_write",
     "load_model",
+    "load_vn",
+    "model_format",
     "resolve_model_dir",
     "save_model",
+    "save_vn",
     "sha256_bytes",
     "weights_metadata",
 ]
@@ -84,6 +96,10 @@ BUILTIN_PREFIX = "builtin:"
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 #: The names accepted after ``builtin:``.
 BUILTIN_MODELS = ("identity", "diagonal", "structured")
+#: The format of variational-network checkpoints (:func:`save_vn`, :func:`load_vn`).
+VN_FORMAT = "napari-genreg-vn"
+#: The built-in variational networks, also accepted after ``builtin:``.
+BUILTIN_VN_MODELS = ("vn",)
 
 _MAX_CONFIG_BYTES = 1 << 20
 _MAX_WEIGHTS_BYTES = 1 << 30
@@ -115,7 +131,7 @@ class ModelCard:
     """
 
     path: Path
-    config: VAEConfig
+    config: VAEConfig | VNConfig
     weights_sha256: str
     accepted_sizes: str
     data_manifest_sha256: str | None = None
@@ -164,13 +180,14 @@ def _software() -> dict[str, str]:
     }
 
 
-def weights_metadata(config: VAEConfig) -> dict[str, str]:
+def weights_metadata(config: VAEConfig | VNConfig) -> dict[str, str]:
     """The safetensors header metadata of a model's weights: its format and configuration.
 
     One key only: safetensors stores the metadata as a hash map, whose order is not fixed, so a
     single entry keeps the file's bytes (and its SHA-256) reproducible.
     """
-    record = {"format": FORMAT, "model": config.to_dict()}
+    fmt = VN_FORMAT if isinstance(config, VNConfig) else FORMAT
+    record = {"format": fmt, "model": config.to_dict()}
     return {_METADATA_KEY: json.dumps(record, sort_keys=True)}
 
 
@@ -212,6 +229,61 @@ def save_model(
     ValueError
         If ``config`` is not the model's configuration or a weight is not finite.
     """
+    return _save(
+        model,
+        config,
+        out_dir,
+        metrics=metrics,
+        data_manifest_hash=data_manifest_hash,
+        command=command,
+        training=training,
+    )
+
+
+def save_vn(
+    model: VariationalNetwork,
+    config: VNConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    metrics: Mapping[str, Any] | None = None,
+    data_manifest_hash: str | None = None,
+    command: str | None = None,
+    training: Mapping[str, Any] | None = None,
+) -> str:
+    """Write a variational network's ``model.safetensors`` and ``config.json`` to ``out_dir``.
+
+    As :func:`save_model`, with the format :data:`VN_FORMAT`.
+
+    Returns
+    -------
+    The SHA-256 of the weights file written.
+
+    Raises
+    ------
+    ValueError
+        If ``config`` is not the model's configuration or a weight is not finite.
+    """
+    return _save(
+        model,
+        config,
+        out_dir,
+        metrics=metrics,
+        data_manifest_hash=data_manifest_hash,
+        command=command,
+        training=training,
+    )
+
+
+def _save(
+    model: VAE | VariationalNetwork,
+    config: VAEConfig | VNConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    metrics: Mapping[str, Any] | None,
+    data_manifest_hash: str | None,
+    command: str | None,
+    training: Mapping[str, Any] | None,
+) -> str:
     if config != model.config:
         raise ValueError("config must be the configuration the model was built with")
     from safetensors.torch import save
@@ -225,7 +297,7 @@ def save_model(
     data = save(tensors, metadata=weights_metadata(config))
     digest = sha256_bytes(data)
     record = {
-        "format": FORMAT,
+        "format": VN_FORMAT if isinstance(config, VNConfig) else FORMAT,
         "format_version": FORMAT_VERSION,
         "model": config.to_dict(),
         "accepted_sizes": config.accepted_sizes(),
@@ -265,16 +337,17 @@ def resolve_model_dir(source: str | os.PathLike[str]) -> Path:
     text = os.fspath(source)
     if isinstance(text, str) and text.startswith(BUILTIN_PREFIX):
         name = text[len(BUILTIN_PREFIX) :]
-        if name not in BUILTIN_MODELS:
+        if name not in BUILTIN_MODELS + BUILTIN_VN_MODELS:
             raise CheckpointError(
                 f"unknown built-in model {name!r}; choose one of "
-                + ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS)
+                + ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS + BUILTIN_VN_MODELS)
             )
         path = BUILTIN_DIR / name
         if not (path / CONFIG_NAME).is_file():
+            command = "train-vn" if name in BUILTIN_VN_MODELS else "train"
             raise FileNotFoundError(
                 f"the built-in model {text!r} is not installed (expected {path / CONFIG_NAME}); "
-                "train one with `napari-genreg train ... --out DIR` and load it from DIR"
+                f"train one with `napari-genreg {command} ... --out DIR` and load it from DIR"
             )
         return path
     path = Path(text)
@@ -294,7 +367,10 @@ def _read_limited(path: Path, limit: int, what: str) -> bytes:
     return path.read_bytes()
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+_LOADERS = {FORMAT: "a VAE prior (load_model)", VN_FORMAT: "a variational network (load_vn)"}
+
+
+def _read_config(path: Path, expected: str = FORMAT) -> dict[str, Any]:
     raw = _read_limited(path, _MAX_CONFIG_BYTES, "configuration")
 
     def refuse_constant(name: str) -> float:
@@ -306,10 +382,15 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a valid JSON configuration ({exc})") from exc
     if not isinstance(record, dict):
         raise CheckpointError(f"{path}: the configuration must be a JSON object")
-    if record.get("format") != FORMAT:
+    found = record.get("format")
+    if found != expected and found in _LOADERS:
         raise CheckpointError(
-            f"{path}: not a napari-genreg model (format {record.get('format')!r}, "
-            f"expected {FORMAT!r})"
+            f"{path}: this is {_LOADERS[found]} (format {found!r}), not {_LOADERS[expected]} "
+            f"(format {expected!r})"
+        )
+    if found != expected:
+        raise CheckpointError(
+            f"{path}: not a napari-genreg model (format {found!r}, expected {expected!r})"
         )
     version = record.get("format_version")
     if isinstance(version, bool) or version != FORMAT_VERSION:
@@ -320,7 +401,9 @@ def _read_config(path: Path) -> dict[str, Any]:
     return record
 
 
-def _check_tensors(model: VAE, tensors: Mapping[str, torch.Tensor], where: Path) -> None:
+def _check_tensors(
+    model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], where: Path
+) -> None:
     expected = model.state_dict()
     for name in expected:
         if name not in tensors:
@@ -370,14 +453,72 @@ def load_model(
     FileNotFoundError
         If the directory, its config or its weights are missing.
     """
+    return _load(source, device, FORMAT, VAEConfig, VAE)  # type: ignore[return-value]
+
+
+def load_vn(
+    source: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+) -> tuple[VariationalNetwork, ModelCard]:
+    """Load a variational network written by :func:`save_vn`, verifying everything first.
+
+    Parameters
+    ----------
+    source
+        a model directory (or its ``config.json``), or ``builtin:vn``.
+    device
+        where to put the model.
+
+    Returns
+    -------
+    ``(model, card)``: the network in eval mode on ``device``, and what its config says.
+
+    Raises
+    ------
+    CheckpointError
+        As :func:`load_model` (a VAE directory is refused with a message saying so).
+    FileNotFoundError
+        If the directory, its config or its weights are missing.
+    """
+    return _load(source, device, VN_FORMAT, VNConfig, VariationalNetwork)  # type: ignore[return-value]
+
+
+def model_format(source: str | os.PathLike[str]) -> str:
+    """The ``format`` a model directory's ``config.json`` declares (:data:`FORMAT` for VAE
+    priors, :data:`VN_FORMAT` for variational networks); nothing else is checked or loaded.
+
+    Raises
+    ------
+    CheckpointError
+        If the configuration is not a JSON object with a string ``format``.
+    FileNotFoundError
+        If the directory or its ``config.json`` does not exist.
+    """
+    path = resolve_model_dir(source) / CONFIG_NAME
+    try:
+        record = json.loads(_read_limited(path, _MAX_CONFIG_BYTES, "configuration"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a valid JSON configuration ({exc})") from exc
+    found = record.get("format") if isinstance(record, dict) else None
+    if not isinstance(found, str):
+        raise CheckpointError(f"{path}: the configuration declares no format")
+    return found
+
+
+def _load(
+    source: str | os.PathLike[str],
+    device: str | torch.device,
+    fmt: str,
+    config_type: type[VAEConfig] | type[VNConfig],
+    model_type: type[VAE] | type[VariationalNetwork],
+) -> tuple[torch.nn.Module, ModelCard]:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
     directory = resolve_model_dir(source)
     config_path = directory / CONFIG_NAME
-    record = _read_config(config_path)
+    record = _read_config(config_path, fmt)
     try:
-        config = VAEConfig.from_dict(record.get("model"))  # type: ignore[arg-type]
+        config = config_type.from_dict(record.get("model"))  # type: ignore[arg-type]
     except ValueError as exc:
         raise CheckpointError(f"{config_path}: {exc}") from exc
     weights = record.get("weights")
@@ -407,7 +548,7 @@ def load_model(
             f"{config_path}: the model configuration does not match the one stored with the "
             f"weights in {WEIGHTS_NAME} (was {CONFIG_NAME} edited?)"
         )
-    model = VAE(config)
+    model = model_type(config)  # type: ignore[arg-type]
     _check_tensors(model, tensors, weights_path)
     model.load_state_dict(tensors, strict=True)
     model.to(device)

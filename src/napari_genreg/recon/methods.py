@@ -162,3 +162,8 @@ METHODS: dict[str, Method] = {
 from napari_genreg.recon.generative import GENERATIVE_METHODS  # noqa: E402
 
 METHODS.update(GENERATIVE_METHODS)
+
+# The learned baseline ``vn`` (a variational network, napari_genreg.recon.learned) joins last.
+from napari_genreg.recon.learned import LEARNED_METHODS  # noqa: E402
+
+METHODS.update(LEARNED_METHODS)
