@@ -143,7 +143,12 @@ def summarise(rows: list[dict], runs: list[dict]) -> str:
         "",
         "Commands:",
         "",
-        *(f"- `{run['command']}` ({machine_line(run['machine'])})" for run in runs),
+        *(
+            f"- `{run['command']}` ("
+            + (machine_line(run["machine"]) if "machine" in run else run["note"])
+            + ")"
+            for run in runs
+        ),
         "",
         f"Slices: {len(slices)} of the validation split (`val.npy` of `prepare-data`: the "
         "Colin27 volume in three orientations, never trained on), evenly spaced, indices "

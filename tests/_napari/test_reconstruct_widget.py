@@ -20,9 +20,6 @@ from napari_genreg.metrics import evaluate  # noqa: E402
 from napari_genreg.physics.masks import make_mask  # noqa: E402
 
 TIMEOUT_MS = 30_000
-#: Registered methods that cannot run in a fresh checkout yet: vn needs a trained built-in model
-#: (models/builtin/vn), which is not installed while it is being added.
-NOT_YET_RUNNABLE = frozenset({"vn"})
 
 
 @pytest.fixture
@@ -151,7 +148,7 @@ def test_two_regularisers_end_to_end(sample, qtbot):
 def test_every_registered_regulariser_runs_in_the_gui(sample, qtbot):
     """Every method of the registry, generative ones included, in one run of 2 iterations."""
     viewer, widget = sample
-    methods = [info.name for info in widget.choices.methods if info.name not in NOT_YET_RUNNABLE]
+    methods = [info.name for info in widget.choices.methods]
     assert {"vae-identity", "vae-diagonal", "vae-structured", "range"} <= set(methods)
     widget.set_methods(methods)
     assert widget.checked_methods() == tuple(methods)
