@@ -112,18 +112,33 @@ class Diagonal(LinearOperator):
         w = self.weights
         if w.dtype == torch.bool:
             w = w.to(torch.float32)
-        object.__setattr__(self, "weights", w.detach().clone())
+        w = w.detach().clone()
+        object.__setattr__(self, "weights", w)
+        # |w|^2 once, and the real weights in complex dtypes on first use: a complex-by-complex
+        # multiply is faster than complex-by-real (a copy of the weights, not of the data)
+        object.__setattr__(self, "_square", w.abs().square() if w.is_complex() else w.square())
+        object.__setattr__(self, "_as_complex", {})
+
+    def _weights_for(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``w`` (real) in ``x``'s complex dtype when ``x`` is complex, cached."""
+        if w.is_complex() or not x.is_complex() or w.device != x.device:
+            return w
+        key = (id(w), x.dtype)
+        cached = self._as_complex.get(key)
+        if cached is None:
+            cached = w.to(x.dtype)
+            self._as_complex[key] = cached
+        return cached
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.weights
+        return x * self._weights_for(self.weights, x)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         w = self.weights
-        return y * (w.conj() if w.is_complex() else w)
+        return y * (w.conj() if w.is_complex() else self._weights_for(w, y))
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weights
-        return x * (w.abs().square() if w.is_complex() else w.square())
+        return x * self._weights_for(self._square, x)
 
     def to(self, device: torch.device | str) -> Diagonal:
         return Diagonal(self.weights.to(device))

@@ -29,6 +29,8 @@ Examples
 from __future__ import annotations
 
 import math
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -36,12 +38,69 @@ from typing import Literal
 import numpy as np
 import torch
 
-from napari_genreg.models.covariance import split_signs
+from napari_genreg.models.covariance import Covariance, split_signs
 from napari_genreg.models.vae import VAE
 
-__all__ = ["CovarianceView", "covariance_figure", "inspect_covariance"]
+__all__ = ["CovarianceView", "clear_covariance_cache", "covariance_figure", "inspect_covariance"]
 
 _MAPS = ("mean", "column", "positive", "negative", "correlation", "variance")
+
+
+@dataclass
+class _AtLatent:
+    """What does not depend on the pixel: the decoder's output and (once asked for) the exact
+    variance map."""
+
+    model: weakref.ref
+    mean: torch.Tensor
+    covariance: Covariance
+    variance: torch.Tensor | None = None
+
+    def exact_variance(self) -> torch.Tensor:
+        if self.variance is None:
+            with torch.no_grad():
+                self.variance = self.covariance.variance()
+        return self.variance
+
+
+#: The latents inspected last, newest at the end (a click on another pixel of the same
+#: reconstruction reuses the decoder's output and the variance map: the expensive part).
+_AT_LATENT: OrderedDict[tuple, _AtLatent] = OrderedDict()
+_AT_LATENT_SIZE = 4
+
+
+def clear_covariance_cache() -> None:
+    """Forget the decoder outputs and variance maps kept for the latents inspected last."""
+    _AT_LATENT.clear()
+
+
+def _at_latent(model: VAE, latent: torch.Tensor, head: str) -> _AtLatent:
+    """The decoder's mean and covariance at ``latent`` (and its variance map), cached.
+
+    The key holds the latent's values and the model's identity, device, dtype and the version
+    counters of its parameters (an in-place change of the weights makes a new entry).
+    """
+    parameters = list(model.parameters())
+    key = (
+        id(model),
+        head,
+        str(parameters[0].device),
+        parameters[0].dtype,
+        tuple(int(p._version) for p in parameters),
+        tuple(latent.shape),
+        latent.detach().cpu().numpy().tobytes(),
+    )
+    entry = _AT_LATENT.get(key)
+    if entry is not None and entry.model() is model:
+        _AT_LATENT.move_to_end(key)
+        return entry
+    with torch.no_grad():
+        mean, covariance = model.decoder(model._check_latent(latent), head)
+    entry = _AtLatent(weakref.ref(model), mean, covariance)
+    _AT_LATENT[key] = entry
+    while len(_AT_LATENT) > _AT_LATENT_SIZE:
+        _AT_LATENT.popitem(last=False)
+    return entry
 
 
 @dataclass(frozen=True)
@@ -59,9 +118,10 @@ class CovarianceView:
     positive, negative
         ``max(column, 0)`` and ``max(-column, 0)`` (``column = positive - negative``).
     correlation
-        :math:`\\Sigma_{ip} / \\sqrt{\\Sigma_{ii}\\Sigma_{pp}}` in [-1, 1], ``(H, W)``.
+        :math:`\\Sigma_{ip} / \\sqrt{\\Sigma_{ii}\\Sigma_{pp}}` in [-1, 1], ``(H, W)``;
+        ``None`` when the inspection skipped the variance map.
     variance
-        :math:`c^2 \\operatorname{diag}\\Sigma`, ``(H, W)``.
+        :math:`c^2 \\operatorname{diag}\\Sigma`, ``(H, W)``, or ``None`` (likewise).
     samples
         ``n`` draws :math:`c\\,(G(z) + L^{-T}\\varepsilon)`, ``(n, H, W)``.
     scale
@@ -73,8 +133,8 @@ class CovarianceView:
     column: np.ndarray
     positive: np.ndarray
     negative: np.ndarray
-    correlation: np.ndarray
-    variance: np.ndarray
+    correlation: np.ndarray | None
+    variance: np.ndarray | None
     samples: np.ndarray
     scale: float
 
@@ -84,11 +144,17 @@ class CovarianceView:
         return (int(self.column.shape[0]), int(self.column.shape[1]))
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The maps and the samples by name (what the CLI writes as ``<name>.npy``)."""
-        return {name: getattr(self, name) for name in (*_MAPS, "samples")}
+        """The maps and the samples by name (what the CLI writes as ``<name>.npy``); the
+        correlation and the variance only when computed."""
+        names = (*_MAPS, "samples")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     def _cut(self, rows: slice, cols: slice) -> CovarianceView:
-        maps = {name: np.ascontiguousarray(getattr(self, name)[rows, cols]) for name in _MAPS}
+        maps = {
+            name: None if m is None else np.ascontiguousarray(m[rows, cols])
+            for name in _MAPS
+            for m in (getattr(self, name),)
+        }
         samples = np.ascontiguousarray(self.samples[:, rows, cols])
         pixel = (self.pixel[0] - rows.start, self.pixel[1] - cols.start)
         return replace(self, pixel=pixel, samples=samples, **maps)
@@ -134,6 +200,7 @@ def inspect_covariance(
     samples: int = 4,
     scale: float = 1.0,
     head: Literal["configured", "identity"] = "configured",
+    variance: bool = True,
 ) -> CovarianceView:
     r"""The decoder's covariance at ``z`` around ``pixel``, scaled to the reconstruction's units.
 
@@ -153,12 +220,22 @@ def inspect_covariance(
         ``c``: the problem's intensity scale the reconstruction was normalised by.
     head
         ``"configured"`` or ``"identity"`` (for ``vae-identity`` and ``range``).
+    variance
+        compute the exact variance map and the correlation (``False``: both ``None``; the
+        map costs :math:`O(H W^3)`, about 10 columns at 128 x 128 and 25 at 256 x 256, once
+        per latent).
 
     Returns
     -------
     :class:`CovarianceView` with maps ``(f h, f w)``: column :math:`c^2\Sigma e_p` (one pair of
     triangular solves for the structured covariance), its signs, the exact variance and the
     correlation, and ``samples`` draws :math:`c(G + L^{-T}\varepsilon)`.
+
+    Notes
+    -----
+    The decoder's output and the exact variance map depend on ``z`` only: they are kept for
+    the last few latents inspected, so another pixel of the same reconstruction costs only the
+    column and the samples (``benchmarks/results/covariance_latency.md``).
     """
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be positive, got {scale}")
@@ -170,12 +247,22 @@ def inspect_covariance(
         latent = latent[None]
     if latent.ndim != 4 or latent.shape[0] != 1:
         raise ValueError(f"z must have shape (c, h, w) or (1, c, h, w), got {tuple(latent.shape)}")
+    model._check_latent(latent)
+    if head not in ("configured", "identity"):
+        raise ValueError(f"head must be 'configured' or 'identity', got {head!r}")
+    at_latent = _at_latent(model, latent, head)
+    mean, covariance = at_latent.mean, at_latent.covariance
     with torch.no_grad():
-        mean, covariance = model.decoder(model._check_latent(latent), head)
         row, col = int(pixel[0]), int(pixel[1])
         column = covariance.column((row, col))[0]
-        variance = covariance.variance()
-        correlation = covariance.correlation((row, col), variance)[0]
+        variance_map = correlation = None
+        if variance:
+            variance_map = at_latent.exact_variance()[0]
+            # rho_i = Sigma_ip / sqrt(Sigma_pp Sigma_ii), Sigma_pp from the column (rho_p = 1)
+            at_p = column[row, col]
+            own = variance_map.clone()
+            own[row, col] = at_p
+            correlation = column / torch.sqrt(at_p * own)
         if samples:
             draws = mean[None] + covariance.sample(samples, generator)
             draws = draws[:, 0]
@@ -194,8 +281,8 @@ def inspect_covariance(
         column=array(column),
         positive=array(positive),
         negative=array(negative),
-        correlation=array(correlation),
-        variance=array(c * c * variance[0]),
+        correlation=None if correlation is None else array(correlation),
+        variance=None if variance_map is None else array(c * c * variance_map),
         samples=array(c * draws),
         scale=c,
     )
@@ -209,7 +296,7 @@ def covariance_figure(
     title: str = "",
 ) -> Path:
     """Save a PNG: the positive part in red and the negative part in blue over ``background``
-    (the reconstruction, grey), the pixel marked, beside the correlation map.
+    (the reconstruction, grey), the pixel marked, beside the correlation map (when computed).
 
     Each overlay's opacity is its value over the largest off-pixel magnitude of the column, so
     the neighbourhood stays visible next to the (much larger) variance at the pixel itself.
@@ -226,7 +313,11 @@ def covariance_figure(
     off = np.abs(view.column).copy()
     off[view.pixel] = 0.0
     top = float(off.max()) or float(np.abs(view.column).max()) or 1.0
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5), constrained_layout=True)
+    panels = 1 if view.correlation is None else 2
+    fig, axes = plt.subplots(
+        1, panels, figsize=(5 * panels, 5), constrained_layout=True, squeeze=False
+    )
+    axes = axes[0]
     ax = axes[0]
     ax.imshow(background, cmap="gray")
     for part, colour in ((view.positive, (1.0, 0.0, 0.0)), (view.negative, (0.0, 0.3, 1.0))):
@@ -237,11 +328,12 @@ def covariance_figure(
     ax.plot(view.pixel[1], view.pixel[0], marker="+", color="yellow", markersize=14, mew=2)
     ax.set_title("covariance: positive (red), negative (blue)")
     ax.axis("off")
-    im = axes[1].imshow(view.correlation, cmap="RdBu_r", vmin=-1.0, vmax=1.0)
-    axes[1].plot(view.pixel[1], view.pixel[0], marker="+", color="k", markersize=14, mew=2)
-    axes[1].set_title("correlation with the pixel")
-    axes[1].axis("off")
-    fig.colorbar(im, ax=axes[1], shrink=0.8)
+    if view.correlation is not None:
+        im = axes[1].imshow(view.correlation, cmap="RdBu_r", vmin=-1.0, vmax=1.0)
+        axes[1].plot(view.pixel[1], view.pixel[0], marker="+", color="k", markersize=14, mew=2)
+        axes[1].set_title("correlation with the pixel")
+        axes[1].axis("off")
+        fig.colorbar(im, ax=axes[1], shrink=0.8)
     if title:
         fig.suptitle(title)
     path = Path(path)

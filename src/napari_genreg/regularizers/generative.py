@@ -51,7 +51,7 @@ torch.Size([1])
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import torch
@@ -135,11 +135,18 @@ def precision_diagonal(covariance: Covariance) -> Tensor:
     if isinstance(covariance, StructuredCovariance):
         h, w = covariance.shape
         out = torch.exp(2.0 * covariance.log_diagonal)
-        rows = torch.arange(h, device=covariance.device)[:, None]
-        cols = torch.arange(w, device=covariance.device)[None, :]
+        if torch.is_grad_enabled() and covariance.off_diagonal.requires_grad:
+            rows = torch.arange(h, device=covariance.device)[:, None]
+            cols = torch.arange(w, device=covariance.device)[None, :]
+            for m, (dy, dx) in enumerate(covariance.offsets):
+                inside = (rows + dy >= 0) & (rows + dy < h) & (cols + dx >= 0) & (cols + dx < w)
+                out = out + covariance.off_diagonal[:, m].square() * inside
+            return out
         for m, (dy, dx) in enumerate(covariance.offsets):
-            inside = (rows + dy >= 0) & (rows + dy < h) & (cols + dx >= 0) & (cols + dx < w)
-            out = out + covariance.off_diagonal[:, m].square() * inside
+            # the pixels whose neighbour (row + dy, col + dx) lies inside the image
+            rows = slice(max(0, -dy), max(0, h - max(0, dy)))
+            cols = slice(max(0, -dx), max(0, w - max(0, dx)))
+            out[:, rows, cols].add_(covariance.off_diagonal[:, m, rows, cols].square())
         return out
     raise TypeError(f"no precision diagonal for {type(covariance).__name__}")
 
@@ -171,6 +178,7 @@ class GenerativeRegularizer:
     model: VAE
     phase: Tensor
     head: Literal["configured", "identity"] = "configured"
+    _phase_conj: Tensor = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, VAE):
@@ -184,6 +192,8 @@ class GenerativeRegularizer:
             raise ValueError(f"head must be 'configured' or 'identity', got {self.head!r}")
         phase = self.phase.detach().to(self.dtype.to_complex())
         object.__setattr__(self, "phase", phase)
+        # the conjugate stored once (not a lazy view conjugated on every multiply)
+        object.__setattr__(self, "_phase_conj", phase.conj().resolve_conj())
 
     # -- properties --------------------------------------------------------------------------
 
@@ -216,7 +226,7 @@ class GenerativeRegularizer:
 
     def remove_phase(self, x: Tensor) -> Tensor:
         r""":math:`P x = \overline{p}\, x` in the model's complex dtype, ``(..., H, W)``."""
-        return x.to(self.phase.dtype) * self.phase.conj()
+        return x.to(self.phase.dtype) * self._phase_conj
 
     def restore_phase(self, u: Tensor) -> Tensor:
         r""":math:`P^H u = p\, u`, complex ``(..., H, W)``."""
@@ -307,8 +317,8 @@ class GenerativeRegularizer:
 
     def prior_rhs(self, decoded: Decoded) -> Tensor:
         r""":math:`P^H \Sigma^{-1} G(z)`, complex ``(H, W)``; batch size 1."""
-        g = decoded.mean.to(self.phase.dtype)
-        return self.restore_phase(decoded.covariance.precision(g)[0])
+        # Sigma^-1 is real: applied to the real mean, not to a complex copy with a zero part
+        return self.restore_phase(decoded.covariance.precision(decoded.mean)[0])
 
     def precision_diagonal(self, decoded: Decoded) -> Tensor:
         r"""The diagonal of :math:`P^H \Sigma^{-1} P` (equal to that of :math:`\Sigma^{-1}`,

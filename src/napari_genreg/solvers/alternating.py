@@ -173,6 +173,7 @@ def x_step(
     steps: int,
     shifted_solve: Callable[[Tensor, float], Tensor] | None = None,
     data_diagonal: Tensor | None = None,
+    adjoint_y: Tensor | None = None,
 ) -> Tensor:
     r"""Solve (or improve on ``x`` towards) the x-step's normal equations.
 
@@ -199,18 +200,22 @@ def x_step(
         :math:`\operatorname{diag}(A^H A)`, real ``(H, W)`` or a scalar: turns on the Jacobi
         preconditioner :math:`D = \operatorname{diag}(A^H A) + \mu\operatorname{diag}
         \Sigma^{-1}` (CG on :math:`D^{-1/2} N D^{-1/2}`).
+    adjoint_y
+        :math:`A^H y` if already computed (it does not change between x-steps).
 
     Returns
     -------
     the new image, complex ``(H, W)``.
     """
-    rhs = op.adjoint(y) + mu * prior.prior_rhs(decoded).to(x.dtype)
+    if adjoint_y is None:
+        adjoint_y = op.adjoint(y)
+    rhs = adjoint_y + mu * prior.prior_rhs(decoded).to(x.dtype)
     variance = prior.constant_variance(decoded)
     if shifted_solve is not None and variance is not None and mu > 0:
         return shifted_solve(rhs, mu / variance).to(x.dtype)
 
     def normal(v: Tensor) -> Tensor:
-        return op.normal(v) + mu * prior.precision(decoded, v).to(v.dtype)
+        return torch.add(op.normal(v), prior.precision(decoded, v).to(v.dtype), alpha=mu)
 
     if data_diagonal is None:
         states = conjugate_gradient(normal, rhs, x)
@@ -220,15 +225,16 @@ def x_step(
         return out
     d = data_diagonal + mu * prior.precision_diagonal(decoded).to(x.real.dtype)
     d = torch.as_tensor(d, device=x.device).clamp_min(torch.finfo(x.real.dtype).tiny)
-    root = d.sqrt()
+    # D^{-1/2} in x's complex dtype: complex-by-complex multiplies take the fast path
+    inverse_root = d.rsqrt().to(x.dtype)
 
     def scaled(w: Tensor) -> Tensor:
-        return normal(w / root) / root
+        return normal(w * inverse_root) * inverse_root
 
-    out = x * root
-    for state in itertools.islice(conjugate_gradient(scaled, rhs / root, out), steps):
+    out = x / inverse_root
+    for state in itertools.islice(conjugate_gradient(scaled, rhs * inverse_root, out), steps):
         out = state.x
-    return out / root
+    return out * inverse_root
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,6 +355,7 @@ def alternating_minimisation(
         raise ValueError("random restarts need an explicit torch.Generator")
     mu = lam * noise_sigma**2
     data_weight = 0.5 / noise_sigma**2
+    adjoint_y = op.adjoint(y)  # the same in every x-step
 
     def data_term(v: Tensor) -> float:
         return data_weight * float((op(v) - y).abs().double().square().sum())
@@ -375,6 +382,7 @@ def alternating_minimisation(
             steps=cg_steps,
             shifted_solve=shifted_solve,
             data_diagonal=data_diagonal,
+            adjoint_y=adjoint_y,
         )
 
     x = x0.detach().clone()
@@ -384,18 +392,21 @@ def alternating_minimisation(
         for _ in range(restarts):
             noise = torch.randn(z0.shape, generator=generator, dtype=z0.dtype, device="cpu")
             candidates.append(noise.to(device))
-    best: tuple[float, _Evaluated, Tensor] | None = None
+    # Each value is computed once: the data term of the kept x is carried along, and the
+    # z-step's loss at the kept (z, x) (with its graph) is the x-subproblem's value there.
+    best: tuple[float, _Evaluated, Tensor, float] | None = None
     for z in candidates:
         current = evaluate(z, x)
         frozen = detached(current.decoded)
-        v = step_x(frozen, x)
         with torch.no_grad():
-            value = data_term(v) + float(evaluate(current.z, v, frozen).loss.detach())
+            v = step_x(frozen, x)
+        candidate = evaluate(current.z, v, current.decoded)
+        data_v = data_term(v)
+        value = data_v + float(candidate.loss.detach())
         if best is None or value < best[0]:
-            best = (value, current, v)
+            best = (value, candidate, v, data_v)
     assert best is not None
-    _, current, x = best
-    current = evaluate(current.z, x, current.decoded)
+    _, current, x, data_x = best
     adam = _Adam(learning_rate)
     iteration = 0
     first = True
@@ -404,12 +415,11 @@ def alternating_minimisation(
             # x-step, kept only if it lowers the x-subproblem (it does, up to rounding)
             frozen = detached(current.decoded)
             with torch.no_grad():
-                old = data_term(x) + float(evaluate(current.z, x, frozen).loss.detach())
                 v = step_x(frozen, x)
-                new = data_term(v) + float(evaluate(current.z, v, frozen).loss.detach())
-            if new <= old:
-                x = v
-            current = evaluate(current.z, x, current.decoded)
+            candidate = evaluate(current.z, v, current.decoded)
+            data_v = data_term(v)
+            if data_v + float(candidate.loss.detach()) <= data_x + float(current.loss.detach()):
+                x, data_x, current = v, data_v, candidate
         first = False
         # z-step: Adam from the current latent, keeping the best one visited
         best_eval = current
@@ -425,7 +435,7 @@ def alternating_minimisation(
             adam.learning_rate *= 0.5
         current = best_eval
         iteration += 1
-        objective = data_term(x) + float(current.loss.detach())
+        objective = data_x + float(current.loss.detach())
         yield AlternatingState(iteration, x, objective, current.z.detach())
 
 
