@@ -3,7 +3,7 @@
 # With a display: napari with the plugin, the brain sample (a real Colin27 T1 slice with
 # simulated k-space) and the Reconstruct widget docked.
 # Without one (or with --headless): the equivalent on the command line: reconstruct the sample
-# at 4x with a 2-D Poisson-disc mask, zero filling, least squares, TV and wavelets side by side;
+# at 4x with a 2-D Poisson-disc mask: zero filling, TV, the vn and vae-structured side by side;
 # figures, metrics and reconstructions land in ./demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +16,4 @@ if [ "${1:-}" != "--headless" ] && { [ -n "${DISPLAY:-}" ] || [ -n "${WAYLAND_DI
   exec .venv/bin/napari-genreg-gui
 fi
 .venv/bin/napari-genreg compare sample:brain --mask poisson --acceleration 4 \
-  --noise-sigma 0.01 --regularizers zero-filled,least-squares,tv,wavelet --out-dir demo
+  --noise-sigma 0.01 --regularizers zero-filled,tv,vn,vae-structured --out-dir demo
