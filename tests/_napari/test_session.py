@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -242,3 +243,61 @@ def test_resolve_mask_prefers_the_files_own_then_the_drawn_then_the_spec():
     np.testing.assert_array_equal(acquired.mask, own)
     with pytest.raises(ValueError, match="lower center_fraction"):
         session.resolve_mask(image, spec=session.MaskSpec("random", 8, center_fraction=0.5))
+
+
+# ---------------------------------------------------------------------------- live view
+
+
+class StillClock:
+    """Reads ``now``, which the test sets."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_throttle_lets_one_update_through_per_interval():
+    clock = StillClock()
+    throttle = session.Throttle(0.25, clock=clock)
+    assert throttle.wait() == 0 and throttle.take()  # the first goes through at once
+    assert not throttle.take() and throttle.wait() == pytest.approx(0.25)
+    clock.now = 0.2
+    assert not throttle.take() and throttle.wait() == pytest.approx(0.05)
+    clock.now = 0.25
+    assert throttle.take() and not throttle.take()
+    clock.now = 10.0  # a long pause does not bank updates
+    assert throttle.take() and not throttle.take()
+    throttle.reset()
+    assert throttle.take()
+
+
+def _iteration(method, i, planned=5, preview=True):
+    image = np.full((2, 2), float(i), dtype=np.float32) if preview else None
+    return session.IterationEvent(method, i, planned, 10.0 / i, image)
+
+
+def test_the_live_run_keeps_the_latest_preview_and_every_objective():
+    live = session.LiveRun()
+    assert live.take_preview() is None and live.take_curves() == {}
+    for i in (1, 2, 3):
+        live.record(_iteration("tv", i, preview=i != 3))
+    assert live.done == 3 and live.description == "Reconstruct: tv"
+    assert live.history == {"tv": [10.0, 5.0, 10.0 / 3]}
+    assert live.take_preview()[0, 0] == 2  # the newest preview; older ones were dropped
+    assert live.take_preview() is None  # shown once
+    assert live.status.startswith("tv: iteration 2 of 5")
+    assert live.curves_changed and live.take_curves() == {"tv": [10.0, 5.0, 10.0 / 3]}
+    assert not live.curves_changed and live.take_curves() == {}
+
+
+def test_the_live_run_counts_the_unused_iterations_of_a_finished_method():
+    live = session.LiveRun()
+    live.record(_iteration("tv", 1))
+    live.record(_iteration("tv", 2))
+    result = SimpleNamespace(method="tv", objectives=(10.0, 5.0))
+    live.take_curves()
+    live.finish(result)
+    assert live.done == 5  # stopped after 2 of 5
+    assert live.take_curves() == {"tv": [10.0, 5.0]}

@@ -4,13 +4,16 @@ The widget holds no numerics. A left click on the canvas (in pan/zoom mode) is t
 pixel of the chosen reconstruction layer (:func:`._inspector.pixel_at`);
 :func:`._inspector.compute_layers` runs in a napari ``thread_worker`` (one inspection costs a
 decoder pass and two triangular solves, about 0.3 s at 128 x 128 on one CPU thread: too long
-for the event loop) and its layer data tuples replace the data of the inspection's layers,
-which are created on the first click and updated on every later one. Clicks that arrive while
-an inspection is computing are not queued: only the latest is run next, the others are dropped.
+for the event loop) and its layer data tuples replace the data of the inspection's layers.
+The layers are created, hidden, while the first inspection is computed, one per event-loop turn
+(adding a layer to napari takes tens of milliseconds), and updated in place on every later
+click. Clicks that arrive while an inspection is computing are not queued: only the latest is
+run next, the others are dropped.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +34,7 @@ from qtpy.QtWidgets import (
 
 from napari_genreg._napari import _inspector as inspector
 from napari_genreg._napari._session import KIND_COVARIANCE, layer_kind
+from napari_genreg._napari._viewer import StepQueue, grid
 
 if TYPE_CHECKING:
     import napari
@@ -49,10 +53,21 @@ class InspectionFailed(Exception):
 def _compute(
     target: inspector.InspectTarget, pixel: tuple[int, int], options: inspector.InspectOptions
 ) -> dict[str, Any]:
+    _warm_up_points()
     try:
         return inspector.compute_layers(target, pixel, options)
     except RuntimeError as exc:
         raise InspectionFailed(f"{type(exc).__name__}: {exc}") from exc
+
+
+@functools.cache
+def _warm_up_points() -> None:
+    """Make a Points layer once, in the worker: napari's first one imports pandas (0.2 s),
+    which would otherwise block the event loop when the marker is created."""
+    import numpy as np
+    from napari.layers import Points
+
+    Points(np.zeros((1, 2)))
 
 
 class CovarianceWidget(QWidget):
@@ -80,6 +95,8 @@ class CovarianceWidget(QWidget):
         self.last_latency: float | None = None
         self._pending: tuple[Any, ...] | None = None
         self._focused: str | None = None
+        # adding a layer takes tens of milliseconds: one napari call per event-loop turn
+        self._steps = StepQueue(self)
         self._build_ui()
         self._rebuild_sources()
         layers = self.viewer.layers
@@ -281,12 +298,39 @@ class CovarianceWidget(QWidget):
         worker = thread_worker(
             _compute, start_thread=False, worker_class=FunctionWorker, ignore_errors=True
         )(target, pixel, options)
-        worker.returned.connect(lambda layers: self._show(target, pixel, layers, clicked))
+        worker.returned.connect(
+            lambda layers: self._steps.add(lambda: self._show(target, pixel, layers, clicked))
+        )
         worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
+        worker.finished.connect(lambda: self._steps.add(self._on_finished))  # after the show
         self.worker = worker
         self.status.setText(f"{target.name}: computing the covariance at pixel {pixel}…")
         worker.start()
+        self._prepare(target, pixel, options)
+
+    def _prepare(
+        self, target: inspector.InspectTarget, pixel: tuple[int, int], options: Any
+    ) -> None:
+        """While the worker computes: leave grid mode, then create the layers that are
+        missing, hidden, one per turn (each is a napari call of tens of milliseconds)."""
+        self._steps.add(lambda: self._focus(target.name))
+        blanks = inspector.placeholder_layers(target, pixel, options)
+        for role, data in blanks.items():
+            self._steps.add(lambda role=role, data=data: self._create(target.name, role, data))
+
+    def _create(self, source: str, role: str, data: tuple[Any, dict[str, Any], str]) -> None:
+        """Add the hidden layer of ``role`` unless it exists (or the source is gone)."""
+        from napari.layers import Layer
+
+        array, kwargs, kind = data
+        layer = self.layers.get(role)
+        if layer is not None and layer in self.viewer.layers and _is_kind(layer, kind):
+            return
+        if source not in self.viewer.layers:
+            return
+        self.layers[role] = self.viewer.add_layer(
+            Layer.create(array, {**kwargs, "visible": False}, kind)
+        )
 
     def _on_error(self, exc: BaseException) -> None:
         if isinstance(exc, InspectionFailed) and exc.__cause__ is not None:
@@ -309,24 +353,34 @@ class CovarianceWidget(QWidget):
         layers: dict[str, Any],
         clicked: float,
     ) -> None:
-        """Put an inspection's layer data into the layers (created on the first call)."""
-        from napari.layers import Layer
-
+        """Put an inspection's layer data into its layers (a missing one is created first, in
+        a turn of its own) and show them."""
         if target.name not in self.viewer.layers:
             self._fail(f"the layer {target.name!r} is gone")
             return
+        missing = [
+            role
+            for role, (_, _, kind) in layers.items()
+            if not (
+                self.layers.get(role) in self.viewer.layers and _is_kind(self.layers[role], kind)
+            )
+        ]
+        if missing:  # deleted by the user meanwhile: create them, then come back
+            for role in missing:
+                self._steps.add(lambda role=role: self._create(target.name, role, layers[role]))
+            self._steps.add(lambda: self._show(target, pixel, layers, clicked))
+            return
+        self._focus(target.name)
         for role in list(self.layers):  # roles no longer asked for
             if role not in layers:
                 old = self.layers.pop(role)
                 if old in self.viewer.layers:
                     self.viewer.layers.remove(old)
-        for role, (data, kwargs, kind) in layers.items():
-            layer = self.layers.get(role)
-            if layer is not None and layer in self.viewer.layers and _is_kind(layer, kind):
-                _update(layer, data, kwargs)
-            else:
-                self.layers[role] = self.viewer.add_layer(Layer.create(data, kwargs, kind))
-        self._focus(target.name)
+        for role, (data, kwargs, _) in layers.items():
+            layer = self.layers[role]
+            _update(layer, data, kwargs)
+            if not layer.visible:
+                layer.visible = True
         self.pixel = pixel
         self.last_latency = time.perf_counter() - clicked
         self.status.setText(
@@ -342,9 +396,9 @@ class CovarianceWidget(QWidget):
             return
         self._focused = source
         layers = self.viewer.layers
-        grid = _grid(self.viewer)
-        if grid.enabled:
-            grid.enabled = False
+        settings = grid(self.viewer)
+        if settings.enabled:
+            settings.enabled = False
         base = layers[source]
         base.visible = True
         start = layers.index(base)
@@ -373,13 +427,6 @@ def _update(layer: Any, data: Any, kwargs: dict[str, Any]) -> None:
 def _remove(callbacks: list[Callable[..., Any]], callback: Callable[..., Any]) -> None:
     if callback in callbacks:
         callbacks.remove(callback)
-
-
-def _grid(viewer: Any) -> Any:
-    """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9, ``viewer.grid``
-    before)."""
-    canvas = getattr(viewer, "canvas", None)
-    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
 
 
 def _is_kind(layer: Any, kind: str) -> bool:

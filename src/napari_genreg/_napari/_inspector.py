@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -229,7 +229,8 @@ def compute_view(
     :func:`~napari_genreg.recon.covariance.inspect_covariance` with the target's model (loaded
     once per device and cached), latent, head and scale, at the pixel moved onto the padded
     grid, the samples drawn from ``torch.Generator(device).manual_seed(options.seed)``;
-    cropped to the reconstruction's shape.
+    cropped to the reconstruction's shape. The exact variance map is computed only when the
+    correlation or the variance map is shown (it dominates the first click on a latent).
 
     Raises
     ------
@@ -254,6 +255,7 @@ def compute_view(
         samples=options.samples,
         scale=target.scale,
         head=target.head,  # type: ignore[arg-type]
+        variance=options.correlation or options.variance,  # the exact map costs O(H W^3)
     )
     return view.cropped((h, w))
 
@@ -348,6 +350,31 @@ def view_layers(
             }
             layers[role] = (np.array([view.pixel], dtype=float), kwargs, "points")
     return layers
+
+
+class _Blank(NamedTuple):
+    """Zero maps in the shape of an inspection (what :func:`view_layers` reads of a view)."""
+
+    pixel: tuple[int, int]
+    mean: np.ndarray
+    column: np.ndarray
+    positive: np.ndarray
+    negative: np.ndarray
+    correlation: np.ndarray
+    variance: np.ndarray
+    samples: np.ndarray
+
+
+def placeholder_layers(
+    target: InspectTarget, pixel: tuple[int, int], options: InspectOptions = InspectOptions()
+) -> dict[str, LayerData]:
+    """:func:`view_layers` of zero maps (the marker at ``pixel``): the layers an inspection
+    will fill, styled and placed alike, for the widget to create while the inspection is
+    computed (their data and contrast are replaced when it is done)."""
+    zeros = np.zeros(target.shape, dtype=np.float32)
+    samples = np.zeros((max(options.samples, 1), *target.shape), dtype=np.float32)
+    blank = _Blank(pixel, zeros, zeros, zeros, zeros, zeros, zeros, samples)
+    return view_layers(blank, target, options)  # type: ignore[arg-type]
 
 
 def compute_layers(

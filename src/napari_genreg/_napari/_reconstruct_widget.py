@@ -10,7 +10,7 @@ registry is loaded in a worker thread when the widget opens, and the run imports
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,6 +39,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_genreg._napari import _session as session
+from napari_genreg._napari._viewer import StepQueue, grid
 from napari_genreg.physics.masks import MASKS
 
 if TYPE_CHECKING:
@@ -53,8 +54,6 @@ DEFAULT_MASK = "poisson"
 DEFAULT_METHODS = ("zero-filled", "tv")
 #: Milliseconds the live mask waits for more control changes before it is redrawn.
 MASK_DEBOUNCE_MS = 120
-#: Milliseconds between two updates of napari's progress bar.
-PROGRESS_INTERVAL_MS = 100
 #: Pixels the metrics table may widen the dock to, at most.
 MAX_TABLE_WIDTH = 480
 #: Prefix of the mask choices that take a drawn layer.
@@ -76,7 +75,7 @@ def _run_in_thread(
     """:func:`~._session.run_request`, with ``RuntimeError`` re-raised as
     :class:`ReconstructionFailed` (see there)."""
     try:
-        return (yield from session.run_request(request))
+        return (yield from session.run_request(request, preview_interval=session.REFRESH_INTERVAL))
     except RuntimeError as exc:
         raise ReconstructionFailed(str(exc)) from exc
 
@@ -132,8 +131,13 @@ class ConvergencePlot(QWidget):
             legend.remove()
         self.canvas.draw_idle()
 
-    def set_curve(self, name: str, objectives: list[float]) -> None:
-        """Show (or update) the curve of method ``name`` (nothing for fewer than 2 values)."""
+    def set_curve(self, name: str, objectives: list[float], *, layout: bool = True) -> None:
+        """Show (or update) the curve of method ``name`` (nothing for fewer than 2 values).
+
+        ``layout=False`` keeps the axes where the last layout put them (a live update: the
+        constrained layout is about half of a draw's time).
+        """
+        self.figure.set_layout_engine("constrained" if layout else "none")
         y = np.asarray(objectives, dtype=float)
         if y.size < 2 or not np.isfinite(y[0]) or y[0] == 0:
             return
@@ -191,9 +195,8 @@ class ReconstructWidget(QWidget):
         self._mask_source: Any = None
         self._hidden_for_grid: list[Any] = []
         self._named_for_grid: list[Any] = []
-        self._history: dict[str, list[float]] = {}
+        self._live = session.LiveRun()
         self._pbar: Any = None
-        self._last: session.IterationEvent | None = None
         self._display_range: tuple[float, float] = (0.0, 1.0)
         self._run_mask: np.ndarray | None = None
         self._scale: tuple[float, float] = (1.0, 1.0)
@@ -204,14 +207,20 @@ class ReconstructWidget(QWidget):
         self._mask_timer.setSingleShot(True)
         self._mask_timer.setInterval(MASK_DEBOUNCE_MS)
         self._mask_timer.timeout.connect(self.refresh_mask)
-        # napari's progress bar runs QApplication.processEvents() on every update, which would
-        # re-enter the worker's event handlers; the bar is therefore synced from a timer.
-        self._progress_timer = QTimer(self)
-        self._progress_timer.setInterval(PROGRESS_INTERVAL_MS)
-        self._progress_timer.timeout.connect(self._sync_progress)
+        # The worker's events are only recorded (self._live); the preview, the progress bar,
+        # the status and the plot are refreshed from a timer, at most every REFRESH_INTERVAL
+        # (the plot every PLOT_INTERVAL), always with the latest state. napari's progress bar
+        # runs QApplication.processEvents() on every update, which may re-enter the handlers.
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.timeout.connect(self._refresh)
+        self._refresh_throttle = session.Throttle(session.REFRESH_INTERVAL)
+        self._plot_throttle = session.Throttle(session.PLOT_INTERVAL)
         self._syncing = False
-        self._done = 0
-        self._description = ""
+        self._shown_description = ""
+        # One-off napari calls (adding a layer, removing the preview, grid mode) each take tens
+        # of milliseconds: they are queued and run one per event-loop turn.
+        self._steps = StepQueue(self, busy=lambda: self._syncing)
 
         self._build_ui()
         self._rebuild_layer_choices()
@@ -598,7 +607,7 @@ class ReconstructWidget(QWidget):
     @property
     def history(self) -> dict[str, list[float]]:
         """``method -> objectives`` received so far in the current (or last) run."""
-        return {name: list(values) for name, values in self._history.items()}
+        return {name: list(values) for name, values in self._live.history.items()}
 
     @property
     def mask_layer(self) -> Any:
@@ -673,8 +682,9 @@ class ReconstructWidget(QWidget):
         from superqt.utils import GeneratorWorker
 
         self.results = []
-        self._history = {}
-        self._last = None
+        self._live = session.LiveRun()
+        self._refresh_throttle.reset()
+        self._plot_throttle.reset()
         self._failed = False
         self._cancelled = False
         self._run_mask = request.mask
@@ -683,8 +693,7 @@ class ReconstructWidget(QWidget):
         self.results_box.setTitle(f"Results: {request.mask_label}")
         self.plot.clear()
         self._pbar = progress(total=sum(planned.values()), desc="Reconstruct")
-        self._done = 0
-        self._description = "Reconstruct"
+        self._shown_description = self._live.description
         # superqt's plain GeneratorWorker: napari's would also relay errors as tracebacks.
         worker = thread_worker(
             _run_in_thread, start_thread=False, worker_class=GeneratorWorker, ignore_errors=True
@@ -697,7 +706,6 @@ class ReconstructWidget(QWidget):
         self.destroyed.connect(worker.quit)  # the dock closes: stop computing
         self.status.setText(f"building the problem ({request.mask_label})…")
         self._update_run_button()
-        self._progress_timer.start()
         worker.start()
 
     def cancel(self) -> None:
@@ -723,34 +731,49 @@ class ReconstructWidget(QWidget):
             self._on_method_finished(event.result)
 
     def _on_iteration(self, event: session.IterationEvent) -> None:
-        history = self._history.setdefault(event.method, [])
-        history.append(event.objective)
-        self._last = event
-        self._done += 1
-        self._description = f"Reconstruct: {event.method}"
-        if event.preview is not None:
-            self._show_preview(event.preview)
-            self.plot.set_curve(event.method, history)
-            self.status.setText(
-                f"{event.method}: iteration {event.iteration} of {event.planned}, "
-                f"objective {event.objective:.4g}"
-            )
+        self._live.record(event)  # shown by the next refresh
+        if not self._refresh_timer.isActive():
+            self._refresh_timer.start(round(1e3 * self._refresh_throttle.wait()))
+
+    def _refresh(self, final: bool = False) -> None:
+        """Show the latest state: preview, status, progress bar, and the plot when due (or
+        ``final``). Never re-entered (the progress bar processes events)."""
+        if self._syncing:
+            return
+        self._refresh_throttle.take()
+        live = self._live
+        preview = live.take_preview()
+        if preview is not None:
+            self._show_preview(preview)
+        if live.status and not (self._failed or self._cancelled):
+            self.status.setText(live.status)
+        if live.curves_changed:
+            if final or self._plot_throttle.take():
+                for name, objectives in live.take_curves().items():
+                    self.plot.set_curve(name, objectives, layout=final)
+            elif not self._refresh_timer.isActive():  # the plot waits: come back for it
+                self._refresh_timer.start(round(1e3 * self._plot_throttle.wait()))
+        self._sync_progress()
 
     def _show_preview(self, image: np.ndarray) -> None:
         layer = self._preview_layer
         if layer is not None and layer in self.viewer.layers:
-            layer.data = image
-            layer.contrast_limits = self._display_range
+            layer.data = image  # in place: the contrast limits are the run's, set once
             return
         data = session.preview_layer(image, self._display_range, self._scale)
         self._preview_layer = self.viewer.add_layer(_layer_from(data))
 
     def _on_method_finished(self, result: session.MethodResult) -> None:
         self.results.append(result)
-        done = len(self._history.get(result.method, []))
-        planned = self._last.planned if self._last is not None else done
-        self._done += max(planned - done, 0)  # converged early, or a closed form
+        self._live.finish(result)
+        self._steps.add(lambda: self._add_result(result))
+
+    def _add_result(self, result: session.MethodResult) -> None:
+        """The result's layer; its row, its whole curve and the progress come next turn."""
         self.viewer.add_layer(_layer_from(session.result_layer(result, self._run_mask)))
+        self._steps.add_next(lambda: self._add_row(result))
+
+    def _add_row(self, result: session.MethodResult) -> None:
         row = self.table.rowCount()
         self.table.insertRow(row)
         for column, text in enumerate(session.metrics_row(result)):
@@ -761,8 +784,8 @@ class ReconstructWidget(QWidget):
             if column:
                 item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             self.table.setItem(row, column, item)
-        self.plot.set_curve(result.method, list(result.objectives))
         self._fit_table()
+        self._refresh(final=True)
 
     def _fit_table(self) -> None:
         """Widen the table (and so the dock) to show every column, up to a limit."""
@@ -784,11 +807,8 @@ class ReconstructWidget(QWidget):
         self.status.setText(f"failed: {message}")
 
     def _on_aborted(self) -> None:
-        where = (
-            ""
-            if self._last is None
-            else (f" in {self._last.method} at iteration {self._last.iteration}")
-        )
+        last = self._live.last
+        where = "" if last is None else f" in {last.method} at iteration {last.iteration}"
         kept = f"; {len(self.results)} finished result(s) kept" if self.results else ""
         self._cancelled = True
         show_info(f"Reconstruct: cancelled{where}{kept}")
@@ -801,25 +821,37 @@ class ReconstructWidget(QWidget):
             return
         self._syncing = True
         try:
-            if pbar.desc != self._description:
-                pbar.set_description(self._description)
-            if self._done > pbar.n:
-                pbar.update(self._done - pbar.n)
+            live = self._live
+            if self._shown_description != live.description:  # tqdm appends ": " to desc
+                self._shown_description = live.description
+                pbar.set_description(live.description)
+            if live.done > pbar.n:
+                pbar.update(live.done - pbar.n)
         finally:
             self._syncing = False
 
     def _on_finished(self) -> None:
-        if self._syncing:  # inside the progress bar's processEvents(): finish right after
-            QTimer.singleShot(0, self._on_finished)
-            return
-        self._progress_timer.stop()
-        self._sync_progress()
+        """The worker is done: finish the display in steps, one per event-loop turn (after
+        the results still queued); :attr:`run_finished` is emitted by the last."""
+        self._steps.add(self._finish_progress, self._remove_preview)
+        if not (self._failed or self._cancelled) and self.results:
+            if self.grid_check.isChecked():  # planned once the results are in
+                self._steps.add(lambda: self._steps.add_next(*self._grid_steps()))
+        self._steps.add(self._end_run)
+
+    def _finish_progress(self) -> None:
+        self._refresh_timer.stop()
+        self._refresh(final=True)
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
+
+    def _remove_preview(self) -> None:
         if self._preview_layer is not None and self._preview_layer in self.viewer.layers:
             self.viewer.layers.remove(self._preview_layer)
         self._preview_layer = None
+
+    def _end_run(self) -> None:
         if self.worker is not None:
             self.destroyed.disconnect(self.worker.quit)
         self.worker = None
@@ -827,8 +859,6 @@ class ReconstructWidget(QWidget):
         if not (self._failed or self._cancelled):
             names = ", ".join(r.name for r in self.results)
             self.status.setText(f"done: {names}")
-            if self.results and self.grid_check.isChecked():
-                self._show_grid()
         self.run_finished.emit()
 
     # ---------------------------------------------------------------------------- grid
@@ -836,23 +866,41 @@ class ReconstructWidget(QWidget):
     def _show_grid(self) -> None:
         """Grid mode with the k-space and the live mask hidden (they are not images) and each
         image's name written in its cell."""
-        for layer in self.viewer.layers:
-            kind = session.layer_kind(layer)
-            if layer.visible and (kind == "kspace" or kind == session.KIND_MASK):
-                layer.visible = False
-                self._hidden_for_grid.append(layer)
+        for step in self._grid_steps():
+            step()
+
+    def _grid_steps(self) -> list[Callable[[], None]]:
+        """:meth:`_show_grid` as steps of one napari call each (hide the k-space and the mask,
+        show each name, switch the grid on): each redraws the canvas."""
+
+        def hide() -> None:
+            for layer in self.viewer.layers:
+                kind = session.layer_kind(layer)
+                if layer.visible and (kind == "kspace" or kind == session.KIND_MASK):
+                    layer.visible = False
+                    self._hidden_for_grid.append(layer)
+
+        def name(layer: Any) -> None:
             overlay = getattr(layer, "name_overlay", None)  # napari >= 0.6
-            if layer.visible and overlay is not None and not overlay.visible:
+            if layer in self.viewer.layers and layer.visible and not overlay.visible:
                 overlay.visible = True
                 self._named_for_grid.append(layer)
-        _grid(self.viewer).enabled = True
+
+        def grid_on() -> None:
+            grid(self.viewer).enabled = True
+
+        steps: list[Callable[[], None]] = [hide]
+        for layer in self.viewer.layers:
+            if getattr(layer, "name_overlay", None) is not None:
+                steps.append(lambda layer=layer: name(layer))
+        return [*steps, grid_on]
 
     def _on_grid_toggled(self, checked: bool) -> None:
         if checked:
             if self.results:
                 self._show_grid()
             return
-        _grid(self.viewer).enabled = False
+        grid(self.viewer).enabled = False
         for layer in self._hidden_for_grid:
             if layer in self.viewer.layers:
                 layer.visible = True
@@ -869,10 +917,3 @@ def _set_row_visible(form: QFormLayout, field: QWidget, visible: bool) -> None:
     label = form.labelForField(field)
     if label is not None:
         label.setVisible(visible)
-
-
-def _grid(viewer: Any) -> Any:
-    """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9, ``viewer.grid``
-    before)."""
-    canvas = getattr(viewer, "canvas", None)
-    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid

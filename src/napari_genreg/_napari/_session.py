@@ -47,7 +47,12 @@ OWN_KINDS = frozenset({KIND_RECONSTRUCTION, KIND_MASK, KIND_PREVIEW, KIND_COVARI
 MASK_LAYER_NAME = "sampling mask"
 PREVIEW_LAYER_NAME = "preview"
 #: Seconds between two preview images at least (the event loop is never flooded with images).
-PREVIEW_INTERVAL = 0.2
+PREVIEW_INTERVAL = 0.25
+#: Seconds between two refreshes of the live view (preview, progress bar, status) at least.
+REFRESH_INTERVAL = 0.25
+#: Seconds between two redraws of the convergence plot during a run at least (a matplotlib
+#: draw holds the GUI thread, and with it the GIL the solver needs, for tens of milliseconds).
+PLOT_INTERVAL = 1.0
 #: Relative noise of k-space simulated from an image layer (the brain sample's level).
 DEFAULT_NOISE_SIGMA = 0.01
 
@@ -573,6 +578,107 @@ class MethodFinished(NamedTuple):
 
 
 RunEvent = ProblemReady | IterationEvent | MethodFinished
+
+
+# ------------------------------------------------------------------------------ live view
+
+
+class Throttle:
+    """A rate limiter: lets an update through at most once per ``interval`` seconds.
+
+    Parameters
+    ----------
+    interval
+        Seconds between two updates at least.
+    clock
+        Monotonic clock in seconds (injectable for tests).
+
+    Examples
+    --------
+    >>> now = [0.0]
+    >>> throttle = Throttle(0.25, clock=lambda: now[0])
+    >>> throttle.take(), throttle.take(), throttle.wait()
+    (True, False, 0.25)
+    >>> now[0] = 0.3
+    >>> throttle.wait(), throttle.take()
+    (0.0, True)
+    """
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.interval = float(interval)
+        self.clock = clock
+        self._last = -math.inf
+
+    def wait(self) -> float:
+        """Seconds until an update may go through (0 when one may now)."""
+        return max(0.0, self._last + self.interval - self.clock())
+
+    def take(self) -> bool:
+        """Whether an update may go through now; if so, it counts as done now."""
+        if self.wait() > 0:
+            return False
+        self._last = self.clock()
+        return True
+
+    def reset(self) -> None:
+        """Let the next update through at once."""
+        self._last = -math.inf
+
+
+class LiveRun:
+    """What a running request has reported, for a view that refreshes at its own pace.
+
+    The widget records every event here (cheap: no drawing) and, at most every
+    :data:`REFRESH_INTERVAL`, takes what changed since its last refresh: the newest preview
+    (older ones are dropped), the curves that changed, the progress and a status line.
+    """
+
+    def __init__(self, description: str = "Reconstruct") -> None:
+        self.history: dict[str, list[float]] = {}
+        #: Iterations done, counting the unused ones of methods that stopped early.
+        self.done = 0
+        self.description = description
+        self.status = ""
+        self.last: IterationEvent | None = None
+        self._preview: np.ndarray | None = None
+        self._changed: set[str] = set()
+
+    def record(self, event: IterationEvent) -> None:
+        """One iteration: its objective, and its preview if it has one."""
+        self.history.setdefault(event.method, []).append(event.objective)
+        self.last = event
+        self.done += 1
+        self.description = f"Reconstruct: {event.method}"
+        self._changed.add(event.method)
+        if event.preview is not None:
+            self._preview = event.preview
+            self.status = (
+                f"{event.method}: iteration {event.iteration} of {event.planned}, "
+                f"objective {event.objective:.4g}"
+            )
+
+    def finish(self, result: MethodResult) -> None:
+        """A method is done: its whole objective history, its unused iterations counted."""
+        done = len(self.history.get(result.method, []))
+        planned = self.last.planned if self.last is not None else done
+        self.done += max(planned - done, 0)  # converged early, or a closed form
+        self.history[result.method] = list(result.objectives)
+        self._changed.add(result.method)
+
+    def take_preview(self) -> np.ndarray | None:
+        """The newest preview not shown yet, or ``None``."""
+        preview, self._preview = self._preview, None
+        return preview
+
+    @property
+    def curves_changed(self) -> bool:
+        """Whether a curve changed since :meth:`take_curves`."""
+        return bool(self._changed)
+
+    def take_curves(self) -> dict[str, list[float]]:
+        """``method -> objectives`` of the curves changed since the last call."""
+        changed, self._changed = self._changed, set()
+        return {name: list(self.history[name]) for name in self.history if name in changed}
 
 
 def problem_info(request: ReconRequest, problem: Any) -> dict[str, Any]:
