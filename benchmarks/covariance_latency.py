@@ -178,9 +178,9 @@ def markdown(result: dict) -> str:
         "",
         "At the latent of a finished `vae-structured` reconstruction (shipped Colin27 slice, "
         "random 1-D 4x, sigma 0.01, 20 iterations), 5 x 5 stencil, float32, torch with "
-        f"{result['settings']['threads']} threads; {SAMPLES} samples. The machine was shared "
-        "while this ran (load averages below): re-run the command on an idle machine for the "
-        "figures to quote.",
+        f"{result['settings']['threads']} threads; {SAMPLES} samples. Load averages below include "
+        "this benchmark's own threads; a load well above the thread count means other jobs "
+        "shared the machine and the figures should be measured again.",
         "",
         "## `inspect_covariance` in process (ms)",
         "",

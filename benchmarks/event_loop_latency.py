@@ -203,7 +203,8 @@ and vispy, one call that cannot be split: adding an image layer to the viewer (`
 `_create`, and the preview's first `_refresh`: about 100 ms on an idle core, more while the
 solver runs), napari's first progress bar (the activity dock builds its widgets), switching
 grid mode on (napari builds one vispy view per layer) and the canvas repaints that follow them
-(vispy draws in software, llvmpipe, under Xvfb; these are a few milliseconds on a GPU).
+(vispy draws in software, llvmpipe, under Xvfb; hardware OpenGL should be much faster, not
+measured here).
 torch.set_num_threads(1) in the worker (leaving a core to the GUI) was measured and not kept:
 no fewer long gaps, and the run slower (iterations 3.7 s against 3.4 s with 2 threads)."""
 
