@@ -270,9 +270,9 @@ def markdown(result: dict) -> str:
         "",
         "Problem: the shipped Colin27 slice (real 128 x 128 and 256 x 256 images), single coil, "
         f"random 1-D 4x mask (seed 0), noise sigma {SIGMA} (seed 1); default iterations and "
-        f"automatic lam; torch with {result['settings']['threads']} threads, float32. Load averages "
-        "below include this benchmark's own threads; a load well above the thread count means "
-        "other jobs shared the machine and the figures should be measured again.",
+        f"automatic lam; torch with {result['settings']['threads']} threads, float32. Load "
+        "averages below include this benchmark's own threads; a load well above the thread count "
+        "means other jobs shared the machine and the figures should be measured again.",
         "",
         "## Wall time per reconstruction (median of "
         f"{result['settings']['repeats']} after a warm-up)",
