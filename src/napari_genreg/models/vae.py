@@ -83,12 +83,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from napari_genreg.models._config import config_fields
 from napari_genreg.models.covariance import (
     Covariance,
     DiagonalCovariance,
@@ -238,29 +239,7 @@ class VAEConfig:
             If ``data`` is not a mapping, names another architecture, lacks a field, has an
             unknown field, or holds an invalid value.
         """
-        if not isinstance(data, Mapping):
-            raise ValueError(f"a model configuration must be a JSON object, got {type(data)}")
-        data = dict(data)
-        architecture = data.pop("architecture", None)
-        if architecture != ARCHITECTURE:
-            raise ValueError(
-                f"unknown model architecture {architecture!r}; this version builds {ARCHITECTURE!r}"
-            )
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        missing = sorted(names - set(data))
-        if unknown or missing:
-            raise ValueError(
-                "the model configuration does not match this version: "
-                + "; ".join(
-                    part
-                    for part in (
-                        f"unknown fields {unknown}" if unknown else "",
-                        f"missing fields {missing}" if missing else "",
-                    )
-                    if part
-                )
-            )
+        data = config_fields(cls, data, ARCHITECTURE)
         return cls(**data)
 
 

@@ -63,12 +63,14 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from napari_genreg.models._config import config_fields
 
 __all__ = [
     "ARCHITECTURE",
@@ -190,23 +192,7 @@ class VNConfig:
             If ``data`` is not a mapping, names another architecture, lacks a field, has an
             unknown field, or holds an invalid value.
         """
-        if not isinstance(data, Mapping):
-            raise ValueError(f"a model configuration must be a JSON object, got {type(data)}")
-        data = dict(data)
-        architecture = data.pop("architecture", None)
-        if architecture != ARCHITECTURE:
-            raise ValueError(
-                f"unknown model architecture {architecture!r}; this version builds {ARCHITECTURE!r}"
-            )
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        missing = sorted(names - set(data))
-        if unknown or missing:
-            problems = [f"unknown fields {unknown}"] * bool(unknown)
-            problems += [f"missing fields {missing}"] * bool(missing)
-            raise ValueError(
-                "the model configuration does not match this version: " + "; ".join(problems)
-            )
+        data = config_fields(cls, data, ARCHITECTURE)
         return cls(**data)
 
 
