@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up on a fresh machine and run the main job.
 # With a display: napari with the plugin, the brain sample (a real Colin27 T1 slice with
-# simulated k-space) and the Reconstruct widget docked.
+# simulated k-space) and the Reconstruct and Covariance Inspector widgets docked.
 # Without one (or with --headless): the equivalent on the command line: reconstruct the sample
 # at 4x with a 2-D Poisson-disc mask: zero filling, TV, the vn and vae-structured side by side;
 # figures, metrics and reconstructions land in ./demo.

@@ -82,7 +82,7 @@ def test_a_corrupt_file_raises_a_clear_error_and_leaves_the_viewer_intact(
     assert [layer.name for layer in viewer.layers] == ["brain", "brain k-space"]
 
 
-def test_the_gui_launcher_opens_the_sample_with_the_widget_docked(monkeypatch, qtbot):
+def test_the_gui_launcher_opens_the_sample_with_the_widgets_docked(monkeypatch, qtbot):
     import napari
 
     from napari_genreg._napari import launch
@@ -99,3 +99,4 @@ def test_the_gui_launcher_opens_the_sample_with_the_widget_docked(monkeypatch, q
     assert launch.main([]) == 0
     assert seen["layers"][:2] == ["brain", "brain k-space"]
     assert any("Reconstruct" in name for name in seen["docks"])
+    assert any("Covariance Inspector" in name for name in seen["docks"])

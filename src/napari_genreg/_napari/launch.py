@@ -1,4 +1,5 @@
-"""``napari-genreg-gui``: napari with the brain sample and the Reconstruct widget docked."""
+"""``napari-genreg-gui``: napari with the brain sample, the Reconstruct widget and the Covariance
+Inspector docked."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Open a napari viewer with the plugin's sample and widget, and run it."""
+    """Open a napari viewer with the plugin's sample and widgets, and run it."""
     import argparse
 
     parser = argparse.ArgumentParser(
         prog="napari-genreg-gui",
-        description="napari with the brain sample and the Reconstruct widget of napari-genreg",
+        description="napari with the brain sample and the widgets of napari-genreg",
     )
     parser.add_argument("files", nargs="*", help="k-space or image files to open instead")
     args = parser.parse_args(argv)
@@ -25,6 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         viewer.open_sample("napari-genreg", "brain")
     viewer.window.add_plugin_dock_widget("napari-genreg", "Reconstruct")
+    viewer.window.add_plugin_dock_widget("napari-genreg", "Covariance Inspector")
     napari.run()
     return 0
 
