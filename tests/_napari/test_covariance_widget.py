@@ -46,6 +46,7 @@ def inspected(make_napari_viewer, qtbot):
     with qtbot.waitSignal(recon.run_finished, timeout=TIMEOUT_MS):
         recon.run_button.click()
     assert [r.name for r in recon.results] == [TV, VAE]
+    qtbot.waitUntil(lambda: widget.warm_worker is None, timeout=TIMEOUT_MS)
     return viewer, widget
 
 
@@ -143,6 +144,25 @@ def test_a_click_shows_the_covariance_at_the_reconstructions_latent(inspected, q
     assert set(widget.layers) == {"positive", "negative", "correlation", "marker"}
     assert widget.layers["positive"] is same["positive"]
     assert len(viewer.layers) == count - 2
+
+
+def test_choosing_a_reconstruction_prepares_its_latent_for_the_first_click(inspected, qtbot):
+    """The chosen vae-* result's decoder output and variance map are computed in a worker as
+    soon as it is chosen, so a first click (with the correlation map) reuses them."""
+    from napari_genreg.recon import covariance
+
+    viewer, widget = inspected
+    covariance.clear_covariance_cache()
+    widget.set_source(TV)
+    widget.set_source(VAE)
+    assert widget.warm_worker is not None
+    qtbot.waitUntil(lambda: widget.warm_worker is None, timeout=TIMEOUT_MS)
+    latent = viewer.layers[VAE].metadata[METADATA_KEY]["latent"]
+    prepared = [e for e in covariance._AT_LATENT.values() if e.variance is not None]
+    assert len(prepared) == 1 and prepared[0].mean.shape[-2:] == (
+        8 * latent.shape[-2],
+        8 * latent.shape[-1],
+    )
 
 
 def test_a_drag_pans_and_inspects_nothing(inspected, qtbot):

@@ -260,6 +260,15 @@ def compute_view(
     return view.cropped((h, w))
 
 
+def warm_up(target: InspectTarget) -> None:
+    """Compute what every click on ``target`` reuses: the decoder's output and the exact
+    variance map at its latent (cached by :mod:`~napari_genreg.recon.covariance` for the last
+    few latents), so that the first click costs what the next ones do. Run it in a worker
+    when a reconstruction is chosen."""
+    h, w = target.shape
+    compute_view(target, (h // 2, w // 2), InspectOptions(correlation=True))
+
+
 def overlay_limit(view: CovarianceView) -> float:
     """The top of the positive and negative layers' contrast: the largest magnitude of the
     column away from the pixel itself (whose variance dwarfs its neighbours')."""
