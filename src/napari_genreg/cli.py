@@ -87,8 +87,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="model directory (or builtin:NAME) for the generative regularisers vae-* and "
-        "range (default: each method's builtin model)",
+        help="model directory (or builtin:NAME): a VAE prior for vae-*, range and adapt, or a "
+        "variational network from train-vn for vn (default: each method's builtin model)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

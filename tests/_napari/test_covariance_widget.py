@@ -148,21 +148,23 @@ def test_a_click_shows_the_covariance_at_the_reconstructions_latent(inspected, q
 
 def test_choosing_a_reconstruction_prepares_its_latent_for_the_first_click(inspected, qtbot):
     """The chosen vae-* result's decoder output and variance map are computed in a worker as
-    soon as it is chosen, so a first click (with the correlation map) reuses them."""
+    soon as it is chosen (once per latent), so a first click reuses them."""
     from napari_genreg.recon import covariance
 
     viewer, widget = inspected
+    assert widget.source_layer().name == VAE
+    widget.set_source(TV)
+    widget.set_source(VAE)
+    assert widget.warm_worker is None  # the same latent is not prepared twice
     covariance.clear_covariance_cache()
+    widget._warmed = None  # forget it, as for a new reconstruction
     widget.set_source(TV)
     widget.set_source(VAE)
     assert widget.warm_worker is not None
     qtbot.waitUntil(lambda: widget.warm_worker is None, timeout=TIMEOUT_MS)
     latent = viewer.layers[VAE].metadata[METADATA_KEY]["latent"]
     prepared = [e for e in covariance._AT_LATENT.values() if e.variance is not None]
-    assert len(prepared) == 1 and prepared[0].mean.shape[-2:] == (
-        8 * latent.shape[-2],
-        8 * latent.shape[-1],
-    )
+    assert [e.mean.shape[-2:] for e in prepared] == [(8 * latent.shape[-2], 8 * latent.shape[-1])]
 
 
 def test_a_drag_pans_and_inspects_nothing(inspected, qtbot):

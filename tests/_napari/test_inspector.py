@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -94,6 +96,15 @@ def test_only_generative_reconstructions_are_targets(generative):
         inspector.inspect_target(None)
     with pytest.raises(ValueError, match="non-negative"):
         inspector.InspectOptions(samples=-1)
+
+
+def test_adapt_reconstructions_are_refused_for_inspection(generative):
+    """adapt's latent decodes to its image only through weights it did not keep."""
+    vae, _ = generative
+    adapted = Image(vae.data, name="adapt result", metadata=copy.deepcopy(vae.metadata))
+    adapted.metadata[METADATA_KEY]["regularizer"] = "adapt"
+    with pytest.raises(ValueError, match="adapted"):
+        inspector.inspect_target(adapted)
 
 
 def test_layer_settings_keep_json_and_leave_arrays_out(generative, tmp_path):

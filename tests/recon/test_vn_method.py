@@ -10,7 +10,7 @@ import torch
 from napari_genreg.cli import main
 from napari_genreg.io import simulate_kspace
 from napari_genreg.io.records import KSpaceData, Metadata
-from napari_genreg.models.checkpoint import load_vn, save_vn
+from napari_genreg.models.checkpoint import CheckpointError, load_vn, save_vn
 from napari_genreg.models.vn import VariationalNetwork, VNConfig
 from napari_genreg.physics.coils import simulate_multicoil, synthetic_maps
 from napari_genreg.physics.masks import make_mask
@@ -88,15 +88,21 @@ def test_multicoil_sense_and_odd_sizes(brain):
     assert reconstruct(odd, "vn").image.shape == (97, 115)
 
 
-def test_model_override_uses_a_network_and_ignores_a_vae(tiny_model):
+def test_model_override_uses_a_network_and_refuses_a_vae(tiny_model, tmp_path, capsys):
     solve = METHODS["vn"].solve
     assert isinstance(solve, VNSolve)
     with use_model(tiny_model):
         assert solve.model_spec == str(tiny_model)
-    with use_model("builtin:structured"):
-        assert solve.model_spec == "builtin:vn"
+    with use_model("builtin:structured"), pytest.raises(CheckpointError, match="VAE prior"):
+        solve.model_spec  # noqa: B018
+    with pytest.raises(CheckpointError, match="VAE prior"):
+        vn_method("vn-vae", "builtin:structured")
     method = vn_method("vn-tiny", tiny_model)
     assert method.default_iterations == 3
+    argv = ["reconstruct", "sample:brain", "--regularizer", "vn", "--model", "builtin:identity"]
+    assert main([*argv, "--out", str(tmp_path / "x.npy"), "--quiet"]) == 2
+    assert "VAE prior" in capsys.readouterr().err
+    assert not (tmp_path / "x.npy").exists()
 
 
 def test_command_line_reconstruct_with_vn(tmp_path, tiny_model, capsys):

@@ -92,6 +92,8 @@ class CovarianceWidget(QWidget):
         self.worker: Any = None
         #: The worker preparing the chosen reconstruction's latent, while it runs.
         self.warm_worker: Any = None
+        self._warmed: tuple[str, bytes] | None = None
+        self._warm_next: inspector.InspectTarget | None = None
         self.pixel: tuple[int, int] | None = None
         #: Seconds from the last shown click to its layers being updated.
         self.last_latency: float | None = None
@@ -206,16 +208,32 @@ class CovarianceWidget(QWidget):
 
     def _warm_up(self, target: inspector.InspectTarget) -> None:
         """Prepare the target's latent in a worker (the decoder's output and the variance
-        map, ~0.2 s at 128 x 128 and ~1 s at 256 x 256), so that the first click is fast."""
+        map, ~0.2 s at 128 x 128 and ~1 s at 256 x 256), so that the first click is fast.
+
+        Once per latent, one worker at a time: a target chosen while one runs waits for it.
+        """
         from napari.qt.threading import thread_worker
         from superqt.utils import FunctionWorker
 
+        key = (target.model, target.latent.tobytes())
+        if key == self._warmed:
+            return
+        if self.warm_worker is not None:
+            self._warm_next = target
+            return
+        self._warmed = key
         worker = thread_worker(
             inspector.warm_up, start_thread=False, worker_class=FunctionWorker, ignore_errors=True
         )(target)
-        worker.finished.connect(lambda: setattr(self, "warm_worker", None))
+        worker.finished.connect(self._on_warm_finished)
         self.warm_worker = worker  # errors surface on the click that needs the same work
         worker.start()
+
+    def _on_warm_finished(self) -> None:
+        self.warm_worker = None
+        target, self._warm_next = self._warm_next, None
+        if target is not None:
+            self._warm_up(target)
 
     def source_layer(self) -> Any:
         """The chosen reconstruction layer, or ``None``."""

@@ -172,6 +172,11 @@ def inspect_target(layer: Any) -> InspectTarget:
             f"{name!r} was made by {method}, which has no generative prior: there is no "
             "covariance to inspect (reconstruct with vae-structured, vae-diagonal or vae-identity)"
         )
+    if method == "adapt":
+        raise ValueError(
+            f"{name!r} was made by adapt, whose latent decodes to the image only through the "
+            "decoder weights it adapted and did not keep: inspect a vae-* reconstruction"
+        )
     latent = np.asarray(latent, dtype=np.float32)
     if latent.ndim != 3:
         raise ValueError(f"{name!r}: the latent has shape {latent.shape}, not (c, h, w)")

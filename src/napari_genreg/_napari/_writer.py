@@ -19,9 +19,6 @@ import numpy as np
 from napari_genreg import __version__
 from napari_genreg._napari._layers import METADATA_KEY
 
-#: Extensions offered in the manifest (those of ``napari_genreg.io.SUPPORTED_WRITE_EXTENSIONS``).
-WRITE_EXTENSIONS = (".npy", ".nii", ".nii.gz", ".h5")
-
 #: Entries of ``metadata["napari_genreg"]`` that are never written as settings: the arrays and
 #: records a layer carries for the widgets (the mask is described by ``settings["mask"]``).
 _LEFT_OUT = frozenset({"record", "latent", "mask"})

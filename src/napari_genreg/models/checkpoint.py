@@ -367,7 +367,10 @@ def _read_limited(path: Path, limit: int, what: str) -> bytes:
     return path.read_bytes()
 
 
-_LOADERS = {FORMAT: "a VAE prior (load_model)", VN_FORMAT: "a variational network (load_vn)"}
+_LOADERS = {
+    FORMAT: "a VAE prior (load_model; for the vae-*, range and adapt methods)",
+    VN_FORMAT: "a variational network (load_vn; for the vn method)",
+}
 
 
 def _read_config(path: Path, expected: str = FORMAT) -> dict[str, Any]:

@@ -29,9 +29,10 @@ Examples
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -55,23 +56,28 @@ class _AtLatent:
     mean: torch.Tensor
     covariance: Covariance
     variance: torch.Tensor | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def exact_variance(self) -> torch.Tensor:
-        if self.variance is None:
-            with torch.no_grad():
-                self.variance = self.covariance.variance()
-        return self.variance
+        with self.lock:  # a warm-up and a click may ask at once: compute it once
+            if self.variance is None:
+                with torch.no_grad():
+                    self.variance = self.covariance.variance()
+            return self.variance
 
 
 #: The latents inspected last, newest at the end (a click on another pixel of the same
 #: reconstruction reuses the decoder's output and the variance map: the expensive part).
 _AT_LATENT: OrderedDict[tuple, _AtLatent] = OrderedDict()
 _AT_LATENT_SIZE = 4
+#: Guards :data:`_AT_LATENT` (the viewer inspects from worker threads).
+_AT_LATENT_LOCK = threading.Lock()
 
 
 def clear_covariance_cache() -> None:
     """Forget the decoder outputs and variance maps kept for the latents inspected last."""
-    _AT_LATENT.clear()
+    with _AT_LATENT_LOCK:
+        _AT_LATENT.clear()
 
 
 def _at_latent(model: VAE, latent: torch.Tensor, head: str) -> _AtLatent:
@@ -90,16 +96,19 @@ def _at_latent(model: VAE, latent: torch.Tensor, head: str) -> _AtLatent:
         tuple(latent.shape),
         latent.detach().cpu().numpy().tobytes(),
     )
-    entry = _AT_LATENT.get(key)
-    if entry is not None and entry.model() is model:
-        _AT_LATENT.move_to_end(key)
-        return entry
+    with _AT_LATENT_LOCK:
+        entry = _AT_LATENT.get(key)
+        if entry is not None and entry.model() is model:
+            _AT_LATENT.move_to_end(key)
+            return entry
     with torch.no_grad():
         mean, covariance = model.decoder(model._check_latent(latent), head)
     entry = _AtLatent(weakref.ref(model), mean, covariance)
-    _AT_LATENT[key] = entry
-    while len(_AT_LATENT) > _AT_LATENT_SIZE:
-        _AT_LATENT.popitem(last=False)
+    with _AT_LATENT_LOCK:
+        entry = _AT_LATENT.setdefault(key, entry)  # another thread may have been first
+        _AT_LATENT.move_to_end(key)
+        while len(_AT_LATENT) > _AT_LATENT_SIZE:
+            _AT_LATENT.popitem(last=False)
     return entry
 
 

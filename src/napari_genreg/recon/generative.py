@@ -112,6 +112,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
@@ -196,7 +197,8 @@ def use_model(spec: str | os.PathLike[str] | None) -> Iterator[None]:
         _OVERRIDE.reset(token)
 
 
-_CACHE: dict[tuple[str, str, int, int], tuple[VAE, ModelCard]] = {}
+_CACHE: dict[tuple, tuple[VAE, ModelCard]] = {}
+_CACHE_LOCK = threading.Lock()
 
 
 def load_prior_model(
@@ -204,16 +206,21 @@ def load_prior_model(
 ) -> tuple[VAE, ModelCard]:
     """:func:`~napari_genreg.models.checkpoint.load_model`, loaded once per device and cached.
 
-    The cache key includes the directory's ``config.json`` modification time and size, so a
-    model saved again to the same folder is reloaded. The returned model is shared: callers
-    must not modify it (the solvers never do).
+    The cache key includes the modification times and sizes of the directory's ``config.json``
+    and ``model.safetensors``, so a model saved again to the same folder is reloaded. The
+    returned model is shared: callers must not modify it (the solvers never do).
     """
     directory = resolve_model_dir(spec)
-    stat = (directory / "config.json").stat()
-    key = (str(directory.resolve()), str(torch.device(device)), stat.st_mtime_ns, stat.st_size)
-    if key not in _CACHE:
-        _CACHE[key] = load_model(directory, device=device)
-    return _CACHE[key]
+    stats = [(directory / name).stat() for name in ("config.json", "model.safetensors")]
+    key = (
+        str(directory.resolve()),
+        str(torch.device(device)),
+        *((stat.st_mtime_ns, stat.st_size) for stat in stats),
+    )
+    with _CACHE_LOCK:  # workers of the viewer load from threads
+        if key not in _CACHE:
+            _CACHE[key] = load_model(directory, device=device)
+        return _CACHE[key]
 
 
 def clear_model_cache() -> None:
@@ -253,13 +260,21 @@ class AdaptSettings(GenerativeSettings):
     Attributes
     ----------
     learning_rate
-        Adam's step on ``z`` (latent search and adaptation).
+        Adam's step on ``z`` during the latent search.
     restarts, seed
         extra random starts of the latent search; the seed also draws the hold-out set.
     search_iterations
         latent-search iterations before the decoder's weights move.
     weight_learning_rate
         Adam's step on the (copied) decoder weights.
+    latent_learning_rate
+        Adam's step on ``z`` during the adaptation (0: ``z`` stays where the search left it;
+        a step of 0.01 was no better in a one-slice check).
+    warmup
+        adaptation iterations over which the steps ramp up linearly from zero (Adam's first
+        steps otherwise throw the fit off).
+    z_steps, cg_steps
+        inherited, unused.
     holdout_fraction
         fraction of the measured k-space locations held out for early stopping.
     patience

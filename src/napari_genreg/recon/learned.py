@@ -48,6 +48,7 @@ import torch
 
 from napari_genreg.models.checkpoint import (
     VN_FORMAT,
+    CheckpointError,
     ModelCard,
     load_vn,
     model_format,
@@ -116,12 +117,23 @@ class VNSolve:
 
     @property
     def model_spec(self) -> str:
-        """The model used now: the override of ``use_model`` when it is a variational
-        network, else :attr:`model`."""
+        """The model used now: the override of ``use_model``, else :attr:`model`.
+
+        Raises
+        ------
+        CheckpointError
+            When the override is not a variational network (a VAE prior, say).
+        """
         override = _model_override()
-        if override is not None and model_format(override) == VN_FORMAT:
-            return override
-        return self.model
+        if override is None:
+            return self.model
+        if model_format(override) != VN_FORMAT:
+            raise CheckpointError(
+                f"--model {override} is a VAE prior, not a variational network: vn needs a "
+                "folder written by 'napari-genreg train-vn' (run vn without --model, or "
+                "separately from the vae-* methods)"
+            )
+        return override
 
     def __call__(self, problem: Problem, lam: float) -> Iterator[SolverState]:
         network, _ = load_vn_model(self.model_spec, problem.device)
@@ -175,8 +187,13 @@ def vn_method(
 def _stages_of(spec: str) -> int:
     import json
 
-    from napari_genreg.models.checkpoint import CONFIG_NAME, CheckpointError
+    from napari_genreg.models.checkpoint import CONFIG_NAME
 
+    if model_format(spec) != VN_FORMAT:
+        raise CheckpointError(
+            f"{spec} is a VAE prior, not a variational network: vn needs a folder written by "
+            "'napari-genreg train-vn'"
+        )
     path = resolve_model_dir(spec) / CONFIG_NAME
     try:
         return int(json.loads(path.read_text(encoding="utf-8"))["model"]["stages"])

@@ -135,7 +135,9 @@ def precision_diagonal(covariance: Covariance) -> Tensor:
     if isinstance(covariance, StructuredCovariance):
         h, w = covariance.shape
         out = torch.exp(2.0 * covariance.log_diagonal)
-        if torch.is_grad_enabled() and covariance.off_diagonal.requires_grad:
+        if torch.is_grad_enabled() and (
+            covariance.off_diagonal.requires_grad or covariance.log_diagonal.requires_grad
+        ):
             rows = torch.arange(h, device=covariance.device)[:, None]
             cols = torch.arange(w, device=covariance.device)[None, :]
             for m, (dy, dx) in enumerate(covariance.offsets):
