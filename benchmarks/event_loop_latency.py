@@ -206,7 +206,8 @@ grid mode on (napari builds one vispy view per layer) and the canvas repaints th
 (vispy draws in software, llvmpipe, under Xvfb; hardware OpenGL should be much faster, not
 measured here).
 torch.set_num_threads(1) in the worker (leaving a core to the GUI) was measured and not kept:
-no fewer long gaps, and the run slower (iterations 3.7 s against 3.4 s with 2 threads)."""
+no fewer long gaps, and the run slower (in one measurement, 3.7 s of iterations against 3.4 s
+with 2 threads)."""
 
 
 def markdown(result: dict) -> str:
