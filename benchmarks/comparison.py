@@ -145,7 +145,14 @@ def summarise(rows: list[dict], runs: list[dict]) -> str:
         "",
         *(
             f"- `{run['command']}` ("
-            + (machine_line(run["machine"]) if "machine" in run else run["note"])
+            + "; ".join(
+                part
+                for part in (
+                    machine_line(run["machine"]) if "machine" in run else "",
+                    run.get("note", ""),
+                )
+                if part
+            )
             + ")"
             for run in runs
         ),
