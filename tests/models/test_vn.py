@@ -209,9 +209,9 @@ def test_a_wrong_architecture_is_refused(saved):
 
 def test_each_loader_refuses_the_other_kind_and_says_which_to_use(saved):
     _, out = saved
-    with pytest.raises(CheckpointError, match=r"variational network \(load_vn\)"):
+    with pytest.raises(CheckpointError, match=r"variational network \(load_vn; for the vn"):
         load_model(out)
-    with pytest.raises(CheckpointError, match=r"VAE prior \(load_model\)"):
+    with pytest.raises(CheckpointError, match=r"VAE prior \(load_model; for the vae-\*"):
         load_vn("builtin:identity")
     assert model_format("builtin:identity") == FORMAT
 
