@@ -4,8 +4,8 @@ Run from the repository root (an X server is needed; Xvfb will do)::
 
     xvfb-run -a .venv/bin/python tools/screenshots.py
 
-It opens the brain sample, docks the Reconstruct widget, runs zero-filled, TV and wavelet at
-4x Poisson-disc undersampling, and writes
+It opens the brain sample, docks the Reconstruct widget, runs zero-filled, TV, the vn and
+vae-structured at 4x Poisson-disc undersampling, and writes
 
 - ``docs/images/reconstruct_dock.png``: the whole window (the widget with its metrics table and
   convergence plot, the results side by side in grid mode);
@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "images"
 WINDOW = (1600, 1000)
-METHODS = ("zero-filled", "tv", "wavelet")
+METHODS = ("zero-filled", "tv", "vn", "vae-structured")
 #: Candidate pixels of the covariance screenshot: every STRIDE-th pixel inside the head; the
 #: one whose positive (red, away from the pixel) and negative (blue) parts are the most
 #: balanced is shown, so that both colours read.
