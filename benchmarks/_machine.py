@@ -58,6 +58,15 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def write_results(name: str, result: dict, text: str) -> None:
+    """``RESULTS/<name>.json`` (``result``) and ``RESULTS/<name>.md`` (``text``)."""
+    import json
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"{name}.md").write_text(text)
+
+
 def machine_info() -> dict:
     """Date, CPU, load and library versions, for the results file."""
     import numpy as np

@@ -30,7 +30,6 @@ repeat) that prints its table and writes nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -308,9 +307,7 @@ def main() -> None:
     }
     text = markdown(result)
     if not args.quick:
-        _machine.RESULTS.mkdir(parents=True, exist_ok=True)
-        (_machine.RESULTS / f"{NAME}.json").write_text(json.dumps(result, indent=1) + "\n")
-        (_machine.RESULTS / f"{NAME}.md").write_text(text)
+        _machine.write_results(NAME, result, text)
     print(text)
 
 

@@ -266,9 +266,7 @@ def main() -> None:
     result["wall_time_s"] = round(time.perf_counter() - start, 1)
     text = markdown(result)
     if not args.quick:
-        _machine.RESULTS.mkdir(parents=True, exist_ok=True)
-        (_machine.RESULTS / f"{NAME}.json").write_text(json.dumps(result, indent=1) + "\n")
-        (_machine.RESULTS / f"{NAME}.md").write_text(text)
+        _machine.write_results(NAME, result, text)
     print(text)
     if args.quick:
         print(json.dumps(result["handlers_ms"]))

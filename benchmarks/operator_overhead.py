@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import time
 from collections.abc import Callable
@@ -355,10 +354,8 @@ def main() -> None:
         "freed_memory_kept": tuned,
     }
     stem = NAME + ("_quick" if args.quick else "")
-    _machine.RESULTS.mkdir(parents=True, exist_ok=True)
-    (_machine.RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     text = markdown(result)
-    (_machine.RESULTS / f"{stem}.md").write_text(text)
+    _machine.write_results(stem, result, text)
     print(text)
 
 

@@ -21,7 +21,6 @@ smoke run that only prints.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -210,9 +209,7 @@ def main() -> None:
     }
     text = markdown(result)
     if not args.quick:
-        _machine.RESULTS.mkdir(parents=True, exist_ok=True)
-        (_machine.RESULTS / f"{NAME}.json").write_text(json.dumps(result, indent=1) + "\n")
-        (_machine.RESULTS / f"{NAME}.md").write_text(text)
+        _machine.write_results(NAME, result, text)
     print(text)
 
 

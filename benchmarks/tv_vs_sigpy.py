@@ -34,7 +34,6 @@ Run: ``.venv/bin/python benchmarks/tv_vs_sigpy.py`` (about 2 minutes on 2 cores)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -482,10 +481,8 @@ def main() -> None:
         "cases": results,
     }
     stem = NAME + ("_quick" if args.quick else "")
-    _machine.RESULTS.mkdir(parents=True, exist_ok=True)
-    (_machine.RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     text = markdown(result)
-    (_machine.RESULTS / f"{stem}.md").write_text(text)
+    _machine.write_results(stem, result, text)
     print(text)
 
 

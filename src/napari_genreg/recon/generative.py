@@ -158,6 +158,7 @@ __all__ = [
     "generative_method",
     "head_of",
     "load_prior_model",
+    "model_override",
     "model_spec_of",
     "normalise",
     "padded_shape",
@@ -410,8 +411,13 @@ def normalise(problem: Problem, factor: int) -> NormalisedProblem:
     )
 
 
+def model_override() -> str | None:
+    """The model given to the enclosing :func:`use_model` block, or ``None``."""
+    return _OVERRIDE.get()
+
+
 def _effective(model: str) -> str:
-    override = _OVERRIDE.get()
+    override = model_override()
     return model if override is None else override
 
 

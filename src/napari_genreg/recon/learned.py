@@ -56,7 +56,7 @@ from napari_genreg.models.checkpoint import (
 )
 from napari_genreg.models.vn import VariationalNetwork
 from napari_genreg.physics.operators import Compose, Diagonal
-from napari_genreg.recon.generative import GenerativeSolve
+from napari_genreg.recon.generative import model_override
 from napari_genreg.recon.methods import Method
 from napari_genreg.recon.problem import Problem
 from napari_genreg.solvers import SolverState
@@ -98,11 +98,6 @@ def clear_vn_cache() -> None:
     _CACHE.clear()
 
 
-def _model_override() -> str | None:
-    """The model given to :func:`~napari_genreg.recon.generative.use_model`, or ``None``."""
-    return GenerativeSolve("identity", "").model_spec or None
-
-
 @dataclass(frozen=True)
 class VNSolve:
     """The ``solve`` of a ``vn`` method: ``(problem, lam) -> iterator of states``.
@@ -124,7 +119,7 @@ class VNSolve:
         CheckpointError
             When the override is not a variational network (a VAE prior, say).
         """
-        override = _model_override()
+        override = model_override()
         if override is None:
             return self.model
         if model_format(override) != VN_FORMAT:
