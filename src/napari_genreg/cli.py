@@ -371,7 +371,7 @@ def _run_methods(args: argparse.Namespace, inputs: Inputs, names: Sequence[str])
     methods = [get_method(n) for n in names]  # unknown names fail before any work
     device = resolve_device(args.device)
     planned = {
-        m.name: m.default_iterations if args.iterations is None else args.iterations
+        m.name: m.planned_iterations() if args.iterations is None else args.iterations
         for m in methods
     }
     total = len(inputs.slices) * sum(planned.values())

@@ -98,11 +98,22 @@ def test_model_override_uses_a_network_and_refuses_a_vae(tiny_model, tmp_path, c
     with pytest.raises(CheckpointError, match="VAE prior"):
         vn_method("vn-vae", "builtin:structured")
     method = vn_method("vn-tiny", tiny_model)
-    assert method.default_iterations == 3
+    assert method.default_iterations == method.planned_iterations() == 3
     argv = ["reconstruct", "sample:brain", "--regularizer", "vn", "--model", "builtin:identity"]
     assert main([*argv, "--out", str(tmp_path / "x.npy"), "--quiet"]) == 2
     assert "VAE prior" in capsys.readouterr().err
     assert not (tmp_path / "x.npy").exists()
+
+
+def test_a_model_network_runs_all_its_stages_by_default(tmp_path):
+    deep = VNConfig(stages=BUILTIN_VN_STAGES + 2, filters=2, kernel_size=3)
+    save_vn(VariationalNetwork(deep), deep, tmp_path / "deep")
+    vn = METHODS["vn"]
+    assert vn.planned_iterations() == BUILTIN_VN_STAGES
+    with use_model(tmp_path / "deep"):
+        assert vn.planned_iterations() == deep.stages
+        states = list(iterate(_problem(np.ones((32, 32), np.float32)), "vn"))
+    assert [s.iteration for s in states] == list(range(1, deep.stages + 1))
 
 
 def test_command_line_reconstruct_with_vn(tmp_path, tiny_model, capsys):

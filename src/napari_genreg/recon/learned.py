@@ -20,8 +20,8 @@ Contract of a :class:`~napari_genreg.recon.methods.Method`, and where a VN diffe
 * Iterations are stages: ``default_iterations`` is the network's :math:`T` (8 for the shipped
   ``builtin:vn``). Fewer iterations return an intermediate stage, which the network was not
   trained to output; more are clamped: the generator ends after stage :math:`T` (the
-  reconstruction reports the :math:`T` iterations run). A ``--model`` network with more stages
-  than ``vn``'s default needs ``--iterations T`` (or more) to run to its end.
+  reconstruction reports the :math:`T` iterations run). With a ``--model`` network, the default
+  is that network's :math:`T` (read from its ``config.json``).
 * Objective: a VN minimises no fixed objective (its energy changes from stage to stage), so each
   state reports the data term alone, :math:`\frac{1}{2\sigma^2}\|A x_t - y\|^2` with
   :math:`\sigma` = ``problem.noise_sigma``: the units of every method, without a prior term.
@@ -29,9 +29,9 @@ Contract of a :class:`~napari_genreg.recon.methods.Method`, and where a VN diffe
   :math:`\lambda_t` are learned).
 * The model: ``builtin:vn``, or a directory written by ``napari-genreg train-vn``: inside
   :func:`~napari_genreg.recon.generative.use_model` (the CLI's ``--model``) ``vn`` uses the
-  given directory when it holds a variational network and keeps its own model when it holds a
-  VAE prior (so ``compare --regularizers vae-structured,vn --model VAE_DIR`` works);
-  :func:`vn_method` builds a method with another model.
+  given directory when it holds a variational network and refuses a VAE prior with a
+  :class:`~napari_genreg.models.checkpoint.CheckpointError` (run ``vn`` without ``--model``,
+  or apart from the ``vae-*`` methods); :func:`vn_method` builds a method with another model.
 * The network is trained for one setting (the model card's: 1-D ``random`` mask, 4x, centre
   fraction 0.08, noise 0.01 on [0, 1] images, 128 x 128). It runs on any size, mask, number of
   coils and noise level, but is at its best on its own setting: that is the point the poster
@@ -41,6 +41,7 @@ Contract of a :class:`~napari_genreg.recon.methods.Method`, and where a VN diffe
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -77,6 +78,7 @@ BUILTIN_VN = "builtin:vn"
 BUILTIN_VN_STAGES = 8
 
 _CACHE: dict[tuple[str, str, int, int], tuple[VariationalNetwork, ModelCard]] = {}
+_CACHE_LOCK = threading.Lock()
 
 
 def load_vn_model(
@@ -88,14 +90,16 @@ def load_vn_model(
     directory = resolve_model_dir(spec)
     stat = (directory / "config.json").stat()
     key = (str(directory.resolve()), str(torch.device(device)), stat.st_mtime_ns, stat.st_size)
-    if key not in _CACHE:
-        _CACHE[key] = load_vn(directory, device=device)
-    return _CACHE[key]
+    with _CACHE_LOCK:  # workers of the viewer load from threads
+        if key not in _CACHE:
+            _CACHE[key] = load_vn(directory, device=device)
+        return _CACHE[key]
 
 
 def clear_vn_cache() -> None:
     """Forget every cached network."""
-    _CACHE.clear()
+    with _CACHE_LOCK:
+        _CACHE.clear()
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,11 @@ class VNSolve:
                 "separately from the vae-* methods)"
             )
         return override
+
+    def stages(self) -> int:
+        """The stages of the network in use now (from its ``config.json``; no weights loaded)."""
+        spec = self.model_spec
+        return BUILTIN_VN_STAGES if spec == BUILTIN_VN else _stages_of(spec)
 
     def __call__(self, problem: Problem, lam: float) -> Iterator[SolverState]:
         network, _ = load_vn_model(self.model_spec, problem.device)
@@ -166,16 +175,15 @@ def vn_method(
     >>> method.name, method.default_iterations, method.has_lam
     ('vn', 8, False)
     """
-    spec = os.fspath(model)
-    if stages is None:
-        stages = BUILTIN_VN_STAGES if spec == BUILTIN_VN else _stages_of(spec)
+    solve = VNSolve(os.fspath(model))
     return Method(
         name,
         "variational network (Hammernik et al. 2018), learned end to end for one sampling "
         "setting (builtin: 1-D random 4x, 1 % noise); one iteration per stage",
-        int(stages),
-        VNSolve(spec),
+        solve.stages() if stages is None else int(stages),
+        solve,
         None,
+        model_iterations=solve.stages if stages is None else None,
     )
 
 

@@ -52,6 +52,10 @@ class Method:
         closed form, which yield once).
     auto_lam
         ``problem -> lam``, or ``None`` for methods without a regularisation weight.
+    model_iterations
+        ``() -> iterations`` for a method whose default depends on the model in use (``vn``:
+        the stages of the network that :func:`~napari_genreg.recon.generative.use_model`
+        selects), else ``None``.
     """
 
     name: str
@@ -59,10 +63,17 @@ class Method:
     default_iterations: int
     solve: Solve
     auto_lam: Callable[[Problem], float] | None = None
+    model_iterations: Callable[[], int] | None = None
 
     @property
     def has_lam(self) -> bool:
         return self.auto_lam is not None
+
+    def planned_iterations(self) -> int:
+        """The iterations to run when the caller gives none, for the model in use now."""
+        if self.model_iterations is None:
+            return self.default_iterations
+        return self.model_iterations()
 
 
 def _data_scale(problem: Problem) -> float:

@@ -55,7 +55,7 @@ def iterate(
     iteration and the cause (a non-finite objective, running out of device memory).
     """
     method = get_method(name)
-    n = method.default_iterations if iterations is None else int(iterations)
+    n = method.planned_iterations() if iterations is None else int(iterations)
     if n < 1:
         raise ValueError(f"iterations must be at least 1, got {iterations}")
     weight = resolve_lam(method, problem, lam)
