@@ -307,20 +307,27 @@ def _settings(args: argparse.Namespace, inputs: Inputs, name: str, results) -> d
         "lam": [r.result.lam for r in results],
         "iterations": [r.result.iterations for r in results],
         "device": args.device,
+        **_model_settings(results),
         **_prior_settings(name, results),
     }
 
 
+def _model_settings(results) -> dict:
+    """The ``model`` the method loaded (a prior, or the vn's network); empty without one."""
+    model = results[0].result.model if results else None
+    return {} if model is None else {"model": _model_id(model)}
+
+
 def _prior_settings(name: str, results) -> dict:
-    """What the ``covariance`` command needs from a generative run: the model, its decoder head,
-    the intensity scale of each slice and the file of the latents; empty for other methods."""
+    """What the ``covariance`` command needs from a generative run besides its ``model``: the
+    decoder head, the intensity scale of each slice and the file of the latents; empty for
+    other methods."""
     from napari_genreg.recon import get_method
     from napari_genreg.recon.generative import head_of
 
     if not results or results[0].result.latent is None:
         return {}
     return {
-        "model": _model_id(results[0].result.model),
         "prior_head": head_of(get_method(name)),
         "scale": [r.scale for r in results],
         "latent": f"{name}.latent.npy",
@@ -359,7 +366,12 @@ def _run(args: argparse.Namespace, inputs: Inputs, names: Sequence[str]):
     ``--model`` applies to every generative method of the run."""
     from napari_genreg.recon.generative import use_model
 
-    with use_model(getattr(args, "model", None)):
+    model = getattr(args, "model", None)
+    if model is not None:
+        from napari_genreg.recon import check_model
+
+        check_model(model, names)  # a wrong kind of folder fails before any work
+    with use_model(model):
         return _run_methods(args, inputs, names)
 
 

@@ -14,7 +14,7 @@ from napari_genreg.models.checkpoint import CheckpointError, load_vn, save_vn
 from napari_genreg.models.vn import VariationalNetwork, VNConfig
 from napari_genreg.physics.coils import simulate_multicoil, synthetic_maps
 from napari_genreg.physics.masks import make_mask
-from napari_genreg.recon import METHODS, build_problem, iterate, reconstruct
+from napari_genreg.recon import METHODS, build_problem, check_model, iterate, reconstruct
 from napari_genreg.recon.generative import use_model
 from napari_genreg.recon.learned import BUILTIN_VN_STAGES, VNSolve, vn_method
 from napari_genreg.samples import load_image
@@ -127,3 +127,14 @@ def test_command_line_reconstruct_with_vn(tmp_path, tiny_model, capsys):
     other = tmp_path / "tiny.npy"
     assert main([*argv[:-3], "--model", str(tiny_model), "--out", str(other), "--quiet"]) == 0
     assert not np.allclose(np.load(other), image)
+
+
+def test_check_model_names_the_methods_a_folder_cannot_serve(tiny_model, tmp_path):
+    check_model(tiny_model, ["tv", "vn"])  # methods without a model ignore the folder
+    check_model("builtin:structured", ["tv", "vae-structured", "range", "adapt"])
+    with pytest.raises(CheckpointError, match="is a VAE prior, but vn needs a variational"):
+        check_model("builtin:structured", ["vae-structured", "vn"])
+    with pytest.raises(CheckpointError, match="vae-identity, adapt need a VAE prior"):
+        check_model(tiny_model, ["vae-identity", "adapt", "vn", "tv"])
+    with pytest.raises(FileNotFoundError):
+        check_model(tmp_path / "nothing here", ["tv"])

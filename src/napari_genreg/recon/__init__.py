@@ -7,6 +7,7 @@ from napari_genreg.recon.problem import Problem, build_problem, compress
 from napari_genreg.recon.run import (
     ReconstructionError,
     Result,
+    check_model,
     get_method,
     iterate,
     reconstruct,
@@ -22,6 +23,7 @@ __all__ = [
     "Result",
     "available_devices",
     "build_problem",
+    "check_model",
     "compress",
     "get_method",
     "iterate",

@@ -120,7 +120,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from napari_genreg.models.checkpoint import ModelCard, load_model, resolve_model_dir
+from napari_genreg.models.checkpoint import FORMAT, ModelCard, load_model, resolve_model_dir
 from napari_genreg.models.vae import VAE, Decoder
 from napari_genreg.physics.operators import (
     CoilExpand,
@@ -629,13 +629,16 @@ def generative_method(
         DEFAULT_ITERATIONS[kind] if iterations is None else int(iterations),
         solve,
         _auto_lam(kind),
+        model_format=FORMAT,
     )
 
 
 def model_spec_of(method: Method) -> str | None:
-    """The model a generative method uses now (``None`` for other methods)."""
-    solve = method.solve
-    return solve.model_spec if isinstance(solve, GenerativeSolve) else None
+    """The model a method loads now, the :func:`use_model` override or its own (a prior for the
+    generative methods, the network for ``vn``); ``None`` for methods without a model."""
+    if method.model_format is None:
+        return None
+    return str(method.solve.model_spec)  # type: ignore[attr-defined]  # GenerativeSolve, VNSolve
 
 
 def head_of(method: Method) -> str | None:

@@ -184,6 +184,8 @@ def vn_method(
         solve,
         None,
         model_iterations=solve.stages if stages is None else None,
+        objective="data term",
+        model_format=VN_FORMAT,
     )
 
 

@@ -56,6 +56,12 @@ class Method:
         ``() -> iterations`` for a method whose default depends on the model in use (``vn``:
         the stages of the network that :func:`~napari_genreg.recon.generative.use_model`
         selects), else ``None``.
+    objective
+        What the states' ``objective`` is: ``"objective"``, or for a method that minimises no
+        fixed objective what it reports instead (``vn``: ``"data term"``).
+    model_format
+        The checkpoint ``format`` of the model the method loads (a ``--model`` folder must
+        declare it), or ``None`` for methods without a model.
     """
 
     name: str
@@ -64,6 +70,8 @@ class Method:
     solve: Solve
     auto_lam: Callable[[Problem], float] | None = None
     model_iterations: Callable[[], int] | None = None
+    objective: str = "objective"
+    model_format: str | None = None
 
     @property
     def has_lam(self) -> bool:

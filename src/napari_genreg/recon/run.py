@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +31,37 @@ def get_method(name: str) -> Method:
         raise ValueError(
             f"unknown regulariser {name!r}; choose from {', '.join(METHODS)}"
         ) from None
+
+
+def check_model(model: str | os.PathLike[str], names: Sequence[str]) -> None:
+    """Check, before any work, that the ``--model`` folder ``model`` suits the methods ``names``.
+
+    Reads the folder's ``config.json`` only. Methods without a model (``tv``, ...) ignore it;
+    every method that loads one must accept the folder's format (a VAE prior for ``vae-*``,
+    ``range`` and ``adapt``, a variational network for ``vn``). The covariance a ``vae-*``
+    method needs is checked when its model is loaded.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the folder or its ``config.json`` does not exist.
+    napari_genreg.models.checkpoint.CheckpointError
+        When the configuration is unreadable, or the folder holds the other kind of model (the
+        message names the methods it cannot serve).
+    """
+    from napari_genreg.models.checkpoint import FORMAT, VN_FORMAT, CheckpointError, model_format
+
+    kinds = {FORMAT: "a VAE prior", VN_FORMAT: "a variational network"}
+    found = model_format(model)
+    methods = [get_method(name) for name in names]
+    wrong = [m for m in methods if m.model_format is not None and m.model_format != found]
+    if wrong:
+        needed = " or ".join(sorted({kinds.get(m.model_format, m.model_format) for m in wrong}))
+        raise CheckpointError(
+            f"the model {os.fspath(model)} is {kinds.get(found, repr(found))}, but "
+            f"{', '.join(m.name for m in wrong)} need{'s' if len(wrong) == 1 else ''} {needed}: "
+            "run them apart, or without a model folder"
+        )
 
 
 def resolve_lam(method: Method, problem: Problem, lam: float | None) -> float:
@@ -101,7 +133,8 @@ class Result:
         float32 ``(c, h, w)``: the latent ``z`` of the final state for the generative methods
         (on the padded grid: ``f`` times its spatial shape, centred on ``image``), else ``None``.
     model
-        The model a generative method used (``builtin:<name>`` or a directory), else ``None``.
+        The model the method loaded (``builtin:<name>`` or a directory): the prior of a
+        generative method, the network of ``vn``; ``None`` for methods without one.
     """
 
     name: str
