@@ -20,7 +20,8 @@ structured: means and paired wins per slice).
 Run: ``python benchmarks/comparison.py --data .cache-builtin/dataset128 --slices 24
 --workers 2`` (``--device cuda`` on a GPU; ``--report-only`` rewrites the ``.md`` from the
 ``.json``). Rows already in the ``.json`` for the same (method, setting, slice) are kept unless
-``--fresh``, so an interrupted run resumes.
+``--fresh``, so an interrupted run resumes; ``--redo tv`` measures one method's rows again
+(after a change of its defaults) and keeps the others.
 """
 
 from __future__ import annotations
@@ -284,11 +285,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=str(RESULTS / "comparison.json"))
     parser.add_argument("--fresh", action="store_true", help="forget rows already measured")
+    parser.add_argument(
+        "--redo",
+        default="",
+        help="comma-separated methods whose rows are forgotten and measured again (after a "
+        "change of their defaults); the other methods' rows are kept",
+    )
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.exists() and not args.fresh else {}
     rows, runs = previous.get("rows", []), previous.get("runs", [])
+    redo = {m for m in args.redo.split(",") if m}
+    rows = [r for r in rows if r["method"] not in redo]
     parts = sorted(out.parent.glob(out.stem + ".part*.json"))
     if parts:  # rows of an interrupted run
         seen = {_key(r) for r in rows}
