@@ -46,7 +46,7 @@ def inspected(make_napari_viewer, qtbot):
     with qtbot.waitSignal(recon.run_finished, timeout=TIMEOUT_MS):
         recon.run_button.click()
     assert [r.name for r in recon.results] == [TV, VAE]
-    qtbot.waitUntil(lambda: widget.warm_worker is None, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.warm_worker is None and not widget._steps, timeout=TIMEOUT_MS)
     return viewer, widget
 
 
@@ -167,12 +167,46 @@ def test_choosing_a_reconstruction_prepares_its_latent_for_the_first_click(inspe
     assert [e.mean.shape[-2:] for e in prepared] == [(8 * latent.shape[-2], 8 * latent.shape[-1])]
 
 
+def test_choosing_a_reconstruction_prepares_its_layers_and_a_click_adds_none(inspected, qtbot):
+    """The layers of an inspection (by default: positive, negative, marker) are made, hidden,
+    when the vae-* result is chosen, not on the first click, which only fills them."""
+    viewer, widget = inspected
+    assert set(widget.layers) == {"positive", "negative", "marker"}
+    assert all(la in viewer.layers and not la.visible for la in widget.layers.values())
+    added = []
+    viewer.layers.events.inserted.connect(lambda event: added.append(event.value.name))
+    with qtbot.waitSignal(widget.inspection_done, timeout=TIMEOUT_MS):
+        widget.inspect_pixel((64, 64))
+    assert added == [] and all(la.visible for la in widget.layers.values())
+
+
+def test_a_comparison_in_grid_mode_hides_the_overlays_and_a_click_brings_them_back(
+    inspected, qtbot
+):
+    viewer, widget = inspected
+    with qtbot.waitSignal(widget.inspection_done, timeout=TIMEOUT_MS):
+        widget.inspect_pixel((64, 64))
+    assert not viewer.canvas.grid.enabled  # the inspection left grid mode
+    _, recon = viewer.window.add_plugin_dock_widget("napari-genreg", "Reconstruct")
+    recon.set_methods(["tv"])
+    recon.iterations_spin.setValue(2)
+    with qtbot.waitSignal(recon.run_finished, timeout=TIMEOUT_MS):
+        recon.run_button.click()
+    assert viewer.canvas.grid.enabled  # side by side again, without the overlays
+    assert not any(layer.visible for layer in widget.layers.values())
+    widget.set_source(VAE)
+    with qtbot.waitSignal(widget.inspection_done, timeout=TIMEOUT_MS):
+        widget.inspect_pixel((40, 40))
+    assert not viewer.canvas.grid.enabled and viewer.layers[VAE].visible
+    assert all(layer.visible for layer in widget.layers.values())
+
+
 def test_a_drag_pans_and_inspects_nothing(inspected, qtbot):
     viewer, widget = inspected
-    before = len(viewer.layers)
+    before = layer_state(viewer)
     click(widget, viewer, (60.0, 60.0), drag_to=(70.0, 80.0))
     qtbot.wait(50)
-    assert widget.worker is None and widget.layers == {} and len(viewer.layers) == before
+    assert widget.worker is None and widget.pixel is None and layer_state(viewer) == before
 
 
 def test_clicks_faster_than_the_inspection_keep_only_the_latest(inspected, qtbot):

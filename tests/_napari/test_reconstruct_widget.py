@@ -14,8 +14,9 @@ pytestmark = pytest.mark.gui
 
 from napari.utils.notifications import NotificationSeverity, notification_manager  # noqa: E402
 
+from napari_genreg._napari import _session as session  # noqa: E402
 from napari_genreg._napari._layers import METADATA_KEY  # noqa: E402
-from napari_genreg._napari._session import MASK_LAYER_NAME, PREVIEW_LAYER_NAME  # noqa: E402
+from napari_genreg._napari._session import MASK_LAYER_NAME  # noqa: E402
 from napari_genreg.metrics import evaluate  # noqa: E402
 from napari_genreg.physics.masks import make_mask  # noqa: E402
 
@@ -105,15 +106,29 @@ def test_two_regularisers_end_to_end(sample, qtbot):
     assert widget.mask_choice() == ("generated", "poisson")
     widget.set_methods(["zero-filled", "tv"])
     widget.iterations_spin.setValue(25)
-    added = []
+    added, removed, at_first_iteration = [], [], []
     viewer.layers.events.inserted.connect(lambda event: added.append(event.value.name))
-    run_and_wait(qtbot, widget)
-    assert added[0] == PREVIEW_LAYER_NAME  # the live preview came first, then the results
+    viewer.layers.events.removed.connect(lambda event: removed.append(event.value.name))
+
+    def on_event(event):
+        if isinstance(event, session.IterationEvent) and not at_first_iteration:
+            names = [layer.name for layer in viewer.layers]
+            at_first_iteration.append((names, grid(viewer).enabled))
+
+    widget.run_button.click()
+    widget.worker.yielded.connect(on_event)
+    with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS):
+        pass
+    assert widget.worker is None
 
     reference = viewer.layers["brain"].data
     names = ["zero-filled · poisson 4x", "tv · poisson 4x"]
+    # one layer per method, made (and the grid switched on) before the first iteration, and
+    # kept: the previews and then the result replace its data
+    assert added == names and removed == []
+    layers_then, grid_then = at_first_iteration[0]
+    assert layers_then[-2:] == names and grid_then
     assert [layer.name for layer in viewer.layers][-2:] == names
-    assert PREVIEW_LAYER_NAME not in viewer.layers
     assert widget.table.rowCount() == 2
     for row, name in enumerate(names):
         layer = viewer.layers[name]
@@ -127,6 +142,7 @@ def test_two_regularisers_end_to_end(sample, qtbot):
         assert widget.table.item(row, 1).text() == f"{metrics.psnr:.2f}"
         assert widget.table.item(row, 2).text() == f"{metrics.ssim:.4f}"
         meta = layer.metadata[METADATA_KEY]
+        assert meta["kind"] == "reconstruction" and layer.opacity == 1
         assert meta["metrics"]["psnr"] == pytest.approx(metrics.psnr)
         assert meta["problem"]["kspace_shape"] == [128, 128]
         np.testing.assert_array_equal(meta["mask"], viewer.layers[MASK_LAYER_NAME].data == 1)
@@ -135,8 +151,10 @@ def test_two_regularisers_end_to_end(sample, qtbot):
     assert tv["settings"]["lam_automatic"] and tv["settings"]["regularizer"] == "tv"
     assert tv["metrics"]["psnr"] > viewer.layers[names[0]].metadata[METADATA_KEY]["metrics"]["psnr"]
     assert widget.results_box.title() == "Results: poisson 4x"
-    curves = widget.plot.curves()  # relative to the first objective; none for a closed form
-    assert set(curves) == {"tv"} and len(curves["tv"]) == 25 and curves["tv"][0] == 1
+    curves = widget.plot.curves()  # excess over the lowest objective; none for a closed form
+    assert set(curves) == {"tv"} and len(curves["tv"]) == 25
+    np.testing.assert_allclose(curves["tv"], session.relative_excess(tv["objectives"]))
+    assert widget.plot.labels() == {"tv": "tv"}
     # side by side: grid mode, with the k-space and the mask hidden
     assert grid(viewer).enabled
     assert not viewer.layers["brain k-space"].visible
@@ -155,6 +173,8 @@ def test_every_registered_regulariser_runs_in_the_gui(sample, qtbot):
     widget.iterations_spin.setValue(2)
     run_and_wait(qtbot, widget)
     assert [r.method for r in widget.results] == methods
+    labels = widget.plot.labels()  # the vn reports its data term, and says so
+    assert labels["vn"] == "vn (data term)" and labels["vae-structured"] == "vae-structured"
     for result in widget.results:
         layer = viewer.layers[result.name]
         assert layer.data.shape == (128, 128) and np.all(np.isfinite(layer.data))
@@ -166,6 +186,8 @@ def test_every_registered_regulariser_runs_in_the_gui(sample, qtbot):
             assert meta["model"].startswith("builtin:") and meta["prior_head"]
         if result.method in ("tv", "wavelet", "zero-filled", "least-squares"):
             assert meta["latent"] is None and meta["model"] is None
+        if result.method == "vn":  # its network is recorded; there is no prior to inspect
+            assert meta["model"] == "builtin:vn" and meta["latent"] is None
 
 
 def test_the_live_mask_follows_the_controls(sample, qtbot):
@@ -249,6 +271,59 @@ def test_cancel_stops_within_an_iteration(sample, qtbot, notifications):
     assert not grid(viewer).enabled
     assert any("cancelled in tv" in m for m in notifications.infos())
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+@pytest.fixture(scope="module")
+def model_folders(tmp_path_factory):
+    """A small (untrained) structured VAE prior and a 2-stage variational network, saved."""
+    import torch
+
+    from napari_genreg.models.checkpoint import save_model, save_vn
+    from napari_genreg.models.vae import VAE, VAEConfig
+    from napari_genreg.models.vn import VariationalNetwork, VNConfig
+
+    root = tmp_path_factory.mktemp("models")
+    prior = VAEConfig(covariance="structured", stencil=3, base_channels=4, max_channels=8)
+    save_model(VAE(prior, generator=torch.Generator().manual_seed(0)), prior, root / "prior")
+    network = VNConfig(stages=2, filters=2, kernel_size=3)
+    save_vn(VariationalNetwork(network), network, root / "vn")
+    return root
+
+
+def test_a_model_folder_replaces_the_shipped_models(sample, qtbot, model_folders):
+    viewer, widget = sample
+    widget.set_methods(["vae-structured"])
+    widget.iterations_spin.setValue(2)
+    widget.model_edit.setText(str(model_folders / "prior"))
+    run_and_wait(qtbot, widget)
+    meta = viewer.layers[widget.results[0].name].metadata[METADATA_KEY]
+    assert meta["model"] == str(model_folders / "prior") == meta["settings"]["model"]
+    widget.set_methods(["vn"])
+    widget.iterations_spin.setValue(0)  # each method's default: this network's 2 stages
+    widget.model_edit.setText(str(model_folders / "vn"))
+    run_and_wait(qtbot, widget)
+    result = widget.results[0]
+    assert result.iterations == 2 and result.model == str(model_folders / "vn")
+
+
+def test_a_model_folder_of_the_wrong_kind_is_an_error_and_nothing_runs(
+    sample, qtbot, model_folders, notifications
+):
+    viewer, widget = sample
+    before = layer_state(viewer)
+    widget.set_methods(["tv", "vae-structured"])
+    widget.model_edit.setText(str(model_folders / "vn"))
+    widget.run_button.click()
+    assert widget.worker is None
+    assert notifications.errors() == [
+        f"Reconstruct: the model {model_folders / 'vn'} is a variational network, but "
+        "vae-structured needs a VAE prior: run them apart, or without a model folder"
+    ]
+    widget.model_edit.setText(str(model_folders / "missing"))
+    widget.run_button.click()
+    assert widget.worker is None
+    assert "missing" in notifications.errors()[-1]
+    assert layer_state(viewer) == before
 
 
 def test_an_empty_drawn_mask_is_an_error_and_nothing_changes(sample, qtbot, notifications):
@@ -361,3 +436,22 @@ def test_a_file_with_its_own_mask_keeps_it(make_napari_viewer, qtbot):
     rate = own.size / own.sum()
     layer = viewer.layers[f"zero-filled · acquired {rate:.1f}x"]
     assert layer.metadata[METADATA_KEY]["problem"]["retrospective"] is False
+
+
+def test_the_convergence_plot_paints_any_history(qtbot):
+    from napari_genreg._napari._plot import ConvergencePlot, decade_label, x_ticks
+
+    plot = ConvergencePlot()
+    qtbot.addWidget(plot)
+    plot.resize(320, 200)
+    plot.set_curve("vae-structured", [-100.0, -150.0, -160.0, -161.0])  # negative objectives
+    plot.set_curve("vn", [3.0, 4.0, float("nan"), 1.0, 2.0], label="vn (data term)")
+    plot.set_curve("zero-filled", [5.0])  # a closed form: no curve
+    assert set(plot.curves()) == {"vae-structured", "vn"}
+    assert plot.labels()["vn"] == "vn (data term)"
+    np.testing.assert_allclose(plot.curves()["vae-structured"], [1.0, 11 / 61, 1 / 61, 0.0])
+    assert not plot.grab().isNull()  # paints (the zeros and the nan are left out)
+    plot.clear()
+    assert plot.curves() == {} and not plot.grab().isNull()
+    assert [decade_label(k) for k in (0, -1, -2, -3)] == ["1", "0.1", "0.01", "1e-3"]
+    assert x_ticks(20) == [1, 5, 10, 15, 20] and x_ticks(2) == [1, 2] and x_ticks(8)[-1] == 8

@@ -17,6 +17,7 @@ from napari_genreg._napari._layers import METADATA_KEY, kspace_layer
 from napari_genreg.io import simulate_kspace
 from napari_genreg.metrics import evaluate
 from napari_genreg.physics.masks import MASKS, make_mask
+from napari_genreg.recon import METHODS
 
 
 def _image(h: int = 32, w: int = 32) -> np.ndarray:
@@ -146,9 +147,14 @@ def test_requests_are_checked():
         _request(iterations=0)
     with pytest.raises(ValueError, match="unknown mask"):
         session.MaskSpec("nope")
-    assert _request(iterations=None).planned_iterations() == {"zero-filled": 1, "tv": 200}
+    tv = METHODS["tv"].default_iterations
+    assert _request(iterations=None).planned_iterations() == {"zero-filled": 1, "tv": tv}
     assert _request(lam=2.0).result_name("tv", True) == "tv · poisson 3x · lam 2"
     assert _request(lam=2.0).result_name("zero-filled", False) == "zero-filled · poisson 3x"
+    assert _request(lam=2.0).result_names() == {
+        "zero-filled": "zero-filled · poisson 3x",
+        "tv": "tv · poisson 3x · lam 2",
+    }
 
 
 def test_the_run_yields_per_iteration_and_throttles_previews():
@@ -208,6 +214,21 @@ def test_result_layers_carry_settings_history_and_metrics():
     np.testing.assert_array_equal(meta["mask"], request.mask)
     row = session.metrics_row(result)
     assert len(row) == len(session.METRICS_COLUMNS) and row[1] == f"{result.metrics.psnr:.2f}"
+
+
+def test_a_runs_layer_is_made_before_its_result_and_named_as_it():
+    request = _request(methods=("tv",), iterations=2, scale=(0.5, 0.5))
+    events, (result,) = _drain(session.run_request(request))
+    ready = events[0]
+    shape = tuple(ready.info["recon_size"])
+    data, kwargs, kind = session.run_layer(
+        request.result_names()["tv"], shape, ready.display_range, request.scale
+    )
+    assert kind == "image" and data.shape == shape == result.image.shape and not data.any()
+    assert kwargs["name"] == result.name and kwargs["opacity"] == 0  # hides nothing yet
+    assert kwargs["contrast_limits"] == result.display_range and kwargs["scale"] == (0.5, 0.5)
+    assert kwargs["metadata"][METADATA_KEY]["kind"] == session.KIND_PREVIEW
+    assert session.input_kind(Layer.create(data, kwargs, kind)) is None  # never an input
 
 
 def test_data_with_its_own_mask_keeps_it():
@@ -285,7 +306,8 @@ def test_the_live_run_keeps_the_latest_preview_and_every_objective():
         live.record(_iteration("tv", i, preview=i != 3))
     assert live.done == 3 and live.description == "Reconstruct: tv"
     assert live.history == {"tv": [10.0, 5.0, 10.0 / 3]}
-    assert live.take_preview()[0, 0] == 2  # the newest preview; older ones were dropped
+    preview = live.take_preview()  # the newest preview; older ones were dropped
+    assert preview.method == "tv" and preview.image[0, 0] == 2
     assert live.take_preview() is None  # shown once
     assert live.status.startswith("tv: iteration 2 of 5")
     assert live.curves_changed and live.take_curves() == {"tv": [10.0, 5.0, 10.0 / 3]}
@@ -301,3 +323,36 @@ def test_the_live_run_counts_the_unused_iterations_of_a_finished_method():
     live.finish(result)
     assert live.done == 5  # stopped after 2 of 5
     assert live.take_curves() == {"tv": [10.0, 5.0]}
+    assert live.take_preview() is None  # the result replaces the method's last preview
+
+
+@pytest.mark.parametrize(
+    "objectives",
+    [
+        [10.0, 5.0, 2.0, 1.5],  # positive, decreasing
+        [-100.0, -150.0, -160.0, -161.0],  # negative (the vae-* log-det terms)
+        [3.0, 4.0, 1.0, 2.0],  # not monotone (the vn's data term)
+    ],
+)
+def test_the_plot_shows_each_objectives_excess_over_its_lowest(objectives):
+    f = np.asarray(objectives)
+    y = session.relative_excess(objectives)
+    np.testing.assert_allclose(y, (f - f.min()) / (f.max() - f.min()))
+    assert y.max() == 1 and y.min() == 0 and y.argmin() == f.argmin()
+    # the same for any scale and offset of the objective
+    np.testing.assert_allclose(session.relative_excess(1e6 * f - 5e7), y)
+
+
+def test_the_plot_has_nothing_to_show_for_a_closed_form_or_a_constant():
+    assert session.relative_excess([3.0]) is None
+    assert session.relative_excess([2.0, 2.0, 2.0]) is None
+    assert session.relative_excess([float("nan"), 1.0]) is None
+    y = session.relative_excess([4.0, float("nan"), 2.0])
+    assert y[0] == 1 and np.isnan(y[1]) and y[2] == 0
+
+
+def test_the_vn_reports_its_data_term():
+    choices = session.load_choices()
+    kinds = {m.name: m.objective for m in choices.methods}
+    assert kinds["vn"] == "data term"
+    assert {kinds[name] for name in ("tv", "vae-structured", "least-squares")} == {"objective"}

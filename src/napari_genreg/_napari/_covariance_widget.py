@@ -5,10 +5,10 @@ pixel of the chosen reconstruction layer (:func:`._inspector.pixel_at`);
 :func:`._inspector.compute_layers` runs in a napari ``thread_worker`` (one inspection costs a
 decoder pass and two triangular solves, about 0.3 s at 128 x 128 on one CPU thread: too long
 for the event loop) and its layer data tuples replace the data of the inspection's layers.
-The layers are created, hidden, while the first inspection is computed, one per event-loop turn
-(adding a layer to napari takes tens of milliseconds), and updated in place on every later
-click. Clicks that arrive while an inspection is computing are not queued: only the latest is
-run next, the others are dropped.
+The layers are created, hidden, when a reconstruction is chosen, one per event-loop turn
+(adding a layer to napari takes 100 ms and more), and updated in place on every click. Clicks
+that arrive while an inspection is computing are not queued: only the latest is run next, the
+others are dropped.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_genreg._napari import _inspector as inspector
-from napari_genreg._napari._session import KIND_COVARIANCE, layer_kind
+from napari_genreg._napari._session import KIND_COVARIANCE, KIND_PREVIEW, layer_kind
 from napari_genreg._napari._viewer import StepQueue, grid
 
 if TYPE_CHECKING:
@@ -58,6 +58,13 @@ def _compute(
         return inspector.compute_layers(target, pixel, options)
     except RuntimeError as exc:
         raise InspectionFailed(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _warm_up(target: inspector.InspectTarget) -> None:
+    """What the worker runs when a reconstruction is chosen: :func:`._inspector.warm_up`, and
+    napari's first Points layer (see :func:`_warm_up_points`)."""
+    _warm_up_points()
+    inspector.warm_up(target)
 
 
 @functools.cache
@@ -99,6 +106,8 @@ class CovarianceWidget(QWidget):
         self.last_latency: float | None = None
         self._pending: tuple[Any, ...] | None = None
         self._focused: str | None = None
+        #: The reconstructions listed (a generative one not among them is chosen when it comes).
+        self._known: set[str] = set()
         # adding a layer takes tens of milliseconds: one napari call per event-loop turn
         self._steps = StepQueue(self)
         self._build_ui()
@@ -108,7 +117,7 @@ class CovarianceWidget(QWidget):
         layers.events.removed.connect(self._on_layers_changed)
         layers.selection.events.active.connect(self._on_active_changed)
         for layer in layers:
-            layer.events.name.connect(self._on_layers_changed)
+            self._watch(layer)
         callbacks = self.viewer.mouse_drag_callbacks
         callback = self._on_mouse_drag
         callbacks.append(callback)
@@ -165,21 +174,36 @@ class CovarianceWidget(QWidget):
 
     # ---------------------------------------------------------------------------- sources
 
+    def _watch(self, layer: Any) -> None:
+        """Follow a layer's name and metadata (the Reconstruct widget's layers become
+        reconstructions when their method finishes: their metadata is replaced)."""
+        layer.events.name.connect(self._on_layers_changed)
+        layer.events.metadata.connect(self._on_layers_changed)
+
     def _on_layers_changed(self, event: Any = None) -> None:
-        if event is not None and getattr(event, "type", "") == "inserted":
-            event.value.events.name.connect(self._on_layers_changed)
+        kind = getattr(event, "type", "")
+        if kind == "inserted":
+            self._watch(event.value)
+        elif kind == "metadata" and layer_kind(event.source) == KIND_COVARIANCE:
+            return  # an inspection's own layer, updated
         self._rebuild_sources()
 
     def _rebuild_sources(self) -> None:
+        """List the reconstructions; a generative one that is new (just added, or just
+        finished by the Reconstruct widget) is chosen, else the choice is kept."""
         old = self.source_combo.currentText()
         names = [la.name for la in self.viewer.layers if inspector.is_reconstruction(la)]
+        generative = [n for n in names if inspector.is_generative(self.viewer.layers[n])]
+        new = [n for n in generative if n not in self._known]
+        self._known = set(names)
         self.source_combo.blockSignals(True)
         self.source_combo.clear()
         self.source_combo.addItems(names)
-        if old in names:
+        if new:
+            self.source_combo.setCurrentText(new[-1])
+        elif old in names:
             self.source_combo.setCurrentText(old)
         else:
-            generative = [n for n in names if inspector.is_generative(self.viewer.layers[n])]
             self.source_combo.setCurrentText((generative or names or [""])[-1])
         self.source_combo.blockSignals(False)
         self._on_source_changed()
@@ -205,6 +229,30 @@ class CovarianceWidget(QWidget):
             f"{target.shape[0]}x{target.shape[1]} pixels"
         )
         self._warm_up(target)
+        self._prepare_layers()
+
+    def _prepare_layers(self) -> None:
+        """Create the chosen reconstruction's missing inspection layers, hidden, one per
+        event-loop turn, so that a click only updates them.
+
+        Adding a layer to napari takes 100 ms and more of the GUI thread, and twice that while
+        a computation runs beside it: the layers wait for the warm-up (which also imports what
+        a Points layer needs) and for a run of the Reconstruct widget to end (a layer of its
+        run is still pending: ``kind="preview"``); both ends come back here.
+        """
+        if self.warm_worker is not None:
+            return
+        if any(layer_kind(la) == KIND_PREVIEW for la in self.viewer.layers):
+            return
+        try:
+            target = inspector.inspect_target(self.source_layer())
+        except ValueError:
+            return
+        h, w = target.shape
+        blanks = inspector.placeholder_layers(target, (h // 2, w // 2), self.options())
+        for role, data in blanks.items():
+            if not self._has(role, data[2]):
+                self._steps.add(lambda r=role, d=data: self._create(target.name, r, d))
 
     def _warm_up(self, target: inspector.InspectTarget) -> None:
         """Prepare the target's latent in a worker (the decoder's output and the variance
@@ -223,7 +271,7 @@ class CovarianceWidget(QWidget):
             return
         self._warmed = key
         worker = thread_worker(
-            inspector.warm_up, start_thread=False, worker_class=FunctionWorker, ignore_errors=True
+            _warm_up, start_thread=False, worker_class=FunctionWorker, ignore_errors=True
         )(target)
         worker.finished.connect(self._on_warm_finished)
         self.warm_worker = worker  # errors surface on the click that needs the same work
@@ -234,6 +282,8 @@ class CovarianceWidget(QWidget):
         target, self._warm_next = self._warm_next, None
         if target is not None:
             self._warm_up(target)
+        else:
+            self._prepare_layers()
 
     def source_layer(self) -> Any:
         """The chosen reconstruction layer, or ``None``."""
@@ -346,7 +396,8 @@ class CovarianceWidget(QWidget):
         self, target: inspector.InspectTarget, pixel: tuple[int, int], options: Any
     ) -> None:
         """While the worker computes: leave grid mode, then create the layers that are
-        missing, hidden, one per turn (each is a napari call of tens of milliseconds)."""
+        missing (an option ticked since the reconstruction was chosen, a layer deleted),
+        hidden, one per turn."""
         self._steps.add(lambda: self._focus(target.name))
         blanks = inspector.placeholder_layers(target, pixel, options)
         for role, data in blanks.items():
@@ -357,14 +408,16 @@ class CovarianceWidget(QWidget):
         from napari.layers import Layer
 
         array, kwargs, kind = data
-        layer = self.layers.get(role)
-        if layer is not None and layer in self.viewer.layers and _is_kind(layer, kind):
-            return
-        if source not in self.viewer.layers:
+        if self._has(role, kind) or source not in self.viewer.layers:
             return
         self.layers[role] = self.viewer.add_layer(
             Layer.create(array, {**kwargs, "visible": False}, kind)
         )
+
+    def _has(self, role: str, kind: str) -> bool:
+        """Whether the layer of ``role`` exists, of the type ``kind``."""
+        layer = self.layers.get(role)
+        return layer is not None and layer in self.viewer.layers and _is_kind(layer, kind)
 
     def _on_error(self, exc: BaseException) -> None:
         if isinstance(exc, InspectionFailed) and exc.__cause__ is not None:
@@ -388,33 +441,47 @@ class CovarianceWidget(QWidget):
         clicked: float,
     ) -> None:
         """Put an inspection's layer data into its layers (a missing one is created first, in
-        a turn of its own) and show them."""
+        a turn of its own) and show them.
+
+        The layers shown already are updated together (one repaint); a layer shown for the
+        first time (its first draw compiles its shaders) and a layer no longer asked for
+        (removing one takes 100 ms and more) take a turn each.
+        """
         if target.name not in self.viewer.layers:
             self._fail(f"the layer {target.name!r} is gone")
             return
-        missing = [
-            role
-            for role, (_, _, kind) in layers.items()
-            if not (
-                self.layers.get(role) in self.viewer.layers and _is_kind(self.layers[role], kind)
-            )
-        ]
+        missing = [role for role, (_, _, kind) in layers.items() if not self._has(role, kind)]
         if missing:  # deleted by the user meanwhile: create them, then come back
             for role in missing:
                 self._steps.add(lambda role=role: self._create(target.name, role, layers[role]))
             self._steps.add(lambda: self._show(target, pixel, layers, clicked))
             return
         self._focus(target.name)
-        for role in list(self.layers):  # roles no longer asked for
-            if role not in layers:
-                old = self.layers.pop(role)
-                if old in self.viewer.layers:
-                    self.viewer.layers.remove(old)
         for role, (data, kwargs, _) in layers.items():
-            layer = self.layers[role]
-            _update(layer, data, kwargs)
-            if not layer.visible:
-                layer.visible = True
+            _update(self.layers[role], data, kwargs)
+        steps: list[Callable[[], None]] = [
+            lambda r=role: self._drop(r) for role in self.layers if role not in layers
+        ]
+        steps += [
+            lambda layer=self.layers[role]: _show_layer(layer)
+            for role in layers
+            if not self.layers[role].visible
+        ]
+        done = functools.partial(self._shown, target, pixel, clicked)
+        if steps:
+            self._steps.add_next(*steps, done)
+        else:
+            done()
+
+    def _drop(self, role: str) -> None:
+        """Remove the layer of ``role`` (no longer asked for)."""
+        old = self.layers.pop(role, None)
+        if old is not None and old in self.viewer.layers:
+            self.viewer.layers.remove(old)
+
+    def _shown(
+        self, target: inspector.InspectTarget, pixel: tuple[int, int], clicked: float
+    ) -> None:
         self.pixel = pixel
         self.last_latency = time.perf_counter() - clicked
         self.status.setText(
@@ -424,9 +491,9 @@ class CovarianceWidget(QWidget):
         self.inspection_done.emit()
 
     def _focus(self, source: str) -> None:
-        """Once per source: leave grid mode and hide the images that would cover the source,
-        so that the overlay is drawn over it."""
-        if self._focused == source:
+        """Once per source (and again when grid mode came back): leave grid mode and hide the
+        images that would cover the source, so that the overlay is drawn over it."""
+        if self._focused == source and not grid(self.viewer).enabled:
             return
         self._focused = source
         layers = self.viewer.layers
@@ -453,9 +520,14 @@ def _update(layer: Any, data: Any, kwargs: dict[str, Any]) -> None:
             setattr(layer, name, value)
     limits = kwargs.get("contrast_limits")
     if limits is not None and tuple(layer.contrast_limits) != tuple(limits):
-        layer.contrast_limits_range = limits
-        layer.contrast_limits = limits
+        layer.contrast_limits_range = limits  # the slider's range; it clips the limits
+        if tuple(layer.contrast_limits) != tuple(limits):
+            layer.contrast_limits = limits
     layer.data = data
+
+
+def _show_layer(layer: Any) -> None:
+    layer.visible = True
 
 
 def _remove(callbacks: list[Callable[..., Any]], callback: Callable[..., Any]) -> None:

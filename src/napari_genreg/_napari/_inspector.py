@@ -162,7 +162,7 @@ def inspect_target(layer: Any) -> InspectTarget:
     method = str(entry.get("regularizer", "?"))
     latent = entry.get("latent")
     model = entry.get("model")
-    if model is not None and latent is None:
+    if entry.get("prior_head") is not None and latent is None:
         raise ValueError(
             f"{name!r} ({method}) carries no latent in its metadata: reconstruct it again to "
             "inspect its covariance"

@@ -2,14 +2,22 @@
 
 The widget holds no numerics. It builds a :class:`~._session.ReconRequest` from its controls,
 runs :func:`~._session.run_request` (the generator the CLI's code path also drives) in a napari
-``thread_worker``, and turns the events into a progress bar, a throttled preview layer, result
-layers, a metrics table and a convergence plot. torch is not imported by this module: the method
-registry is loaded in a worker thread when the widget opens, and the run imports the rest.
+``thread_worker``, and turns the events into a progress bar, one layer per method (its throttled
+previews, then its result), a metrics table and a convergence plot (:mod:`._plot`). torch is not
+imported by this module: the method registry is loaded in a worker thread when the widget opens,
+and the run imports the rest.
+
+Keeping the event loop free during a run: the worker's events are only recorded, and shown at
+most every :data:`~._session.REFRESH_INTERVAL`; the napari calls that take 100 ms or more
+(adding a layer, switching grid mode on) are made before the first iteration, while the worker
+waits, one per event-loop turn; during the iterations, previews and results only replace the
+data of those layers.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +47,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_genreg._napari import _session as session
+from napari_genreg._napari._plot import ConvergencePlot
 from napari_genreg._napari._viewer import StepQueue, grid
 from napari_genreg.physics.masks import MASKS
 
@@ -58,6 +67,8 @@ MASK_DEBOUNCE_MS = 120
 MAX_TABLE_WIDTH = 480
 #: Prefix of the mask choices that take a drawn layer.
 CUSTOM_PREFIX = "custom: from layer "
+#: Kinds of layers hidden in grid mode: the k-space, the live mask, the inspector's overlays.
+NOT_COMPARED = frozenset({"kspace", session.KIND_MASK, session.KIND_COVARIANCE})
 
 
 class ReconstructionFailed(Exception):
@@ -70,12 +81,20 @@ class ReconstructionFailed(Exception):
 
 
 def _run_in_thread(
-    request: session.ReconRequest,
+    request: session.ReconRequest, laid_out: threading.Event
 ) -> Generator[session.RunEvent, None, tuple[session.MethodResult, ...]]:
-    """:func:`~._session.run_request`, with ``RuntimeError`` re-raised as
-    :class:`ReconstructionFailed` (see there)."""
+    """:func:`~._session.run_request`, waiting after its :class:`~._session.ProblemReady`
+    until ``laid_out`` is set (the GUI makes the run's layers meanwhile: napari calls of 100 ms
+    and more, which take twice as long while a solver runs beside them), with ``RuntimeError``
+    re-raised as :class:`ReconstructionFailed` (see there)."""
+    events = session.run_request(request, preview_interval=session.REFRESH_INTERVAL)
     try:
-        return (yield from session.run_request(request, preview_interval=session.REFRESH_INTERVAL))
+        for event in events:
+            yield event
+            if isinstance(event, session.ProblemReady):
+                laid_out.wait()
+                break
+        return (yield from events)
     except RuntimeError as exc:
         raise ReconstructionFailed(str(exc)) from exc
 
@@ -89,87 +108,6 @@ def _layer_from(data: session.LayerData) -> Layer:
 
     array, kwargs, kind = data
     return Layer.create(array, kwargs, kind)
-
-
-class ConvergencePlot(QWidget):
-    """The objective per iteration of each iterative method of a run, matplotlib in Qt.
-
-    Each curve is divided by its first value, so methods whose objectives differ by orders of
-    magnitude (different regularisers, different weights) share one axis; closed-form methods
-    (one iterate) have no curve.
-    """
-
-    def __init__(self, theme: str = "dark", parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        background, text = _theme_colors(theme)
-        self.figure = Figure(figsize=(3.2, 2.2), facecolor=background, layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(180)
-        self.axes = self.figure.add_subplot()
-        self.axes.set_facecolor(background)
-        for spine in self.axes.spines.values():
-            spine.set_color(text)
-        self.axes.tick_params(colors=text, labelsize=7)
-        self.axes.set_xlabel("iteration", color=text, fontsize=8)
-        self.axes.set_ylabel("objective / first", color=text, fontsize=8)
-        self._text = text
-        self._lines: dict[str, Any] = {}
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.canvas)
-
-    def clear(self) -> None:
-        """Remove every curve."""
-        for line in self._lines.values():
-            line.remove()
-        self._lines.clear()
-        legend = self.axes.get_legend()
-        if legend is not None:
-            legend.remove()
-        self.canvas.draw_idle()
-
-    def set_curve(self, name: str, objectives: list[float], *, layout: bool = True) -> None:
-        """Show (or update) the curve of method ``name`` (nothing for fewer than 2 values).
-
-        ``layout=False`` keeps the axes where the last layout put them (a live update: the
-        constrained layout is about half of a draw's time).
-        """
-        self.figure.set_layout_engine("constrained" if layout else "none")
-        y = np.asarray(objectives, dtype=float)
-        if y.size < 2 or not np.isfinite(y[0]) or y[0] == 0:
-            return
-        y = y / abs(y[0])
-        x = np.arange(1, y.size + 1)
-        if name not in self._lines:
-            (self._lines[name],) = self.axes.plot(x, y, lw=1.2, label=name)
-            self.axes.legend(fontsize=7, frameon=False, labelcolor=self._text)
-        else:
-            self._lines[name].set_data(x, y)
-        values = np.concatenate([line.get_ydata() for line in self._lines.values()])
-        values = values[np.isfinite(values)]
-        spread = values.max() / values.min() if values.size and values.min() > 0 else 0.0
-        self.axes.set_yscale("log" if spread > 20 else "linear")
-        self.axes.relim()
-        self.axes.autoscale_view()
-        self.canvas.draw_idle()
-
-    def curves(self) -> dict[str, np.ndarray]:
-        """``name -> y`` of the curves shown (for tests)."""
-        return {name: np.asarray(line.get_ydata()) for name, line in self._lines.items()}
-
-
-def _theme_colors(theme: str) -> tuple[str, str]:
-    """``(background, text)`` of a napari theme, as hex colours."""
-    try:
-        from napari.utils.theme import get_theme
-
-        t = get_theme(theme)
-        return t.background.as_hex(), t.text.as_hex()
-    except Exception:  # an unknown or "system" theme: napari's dark default
-        return "#262930", "#f0f1f2"
 
 
 class ReconstructWidget(QWidget):
@@ -191,7 +129,11 @@ class ReconstructWidget(QWidget):
         self.worker: Any = None
         self.results: list[session.MethodResult] = []
         self._mask_layer: Any = None
-        self._preview_layer: Any = None
+        #: The layers of the current (or last) run by method: previews, then results.
+        self._run_layers: dict[str, Any] = {}
+        self._names: dict[str, str] = {}
+        self._laid_out = threading.Event()
+        self._stop_worker: Callable[..., None] | None = None
         self._mask_source: Any = None
         self._hidden_for_grid: list[Any] = []
         self._named_for_grid: list[Any] = []
@@ -208,18 +150,17 @@ class ReconstructWidget(QWidget):
         self._mask_timer.setInterval(MASK_DEBOUNCE_MS)
         self._mask_timer.timeout.connect(self.refresh_mask)
         # The worker's events are only recorded (self._live); the preview, the progress bar,
-        # the status and the plot are refreshed from a timer, at most every REFRESH_INTERVAL
-        # (the plot every PLOT_INTERVAL), always with the latest state. napari's progress bar
-        # runs QApplication.processEvents() on every update, which may re-enter the handlers.
+        # the status and the plot are refreshed from a timer, at most every REFRESH_INTERVAL,
+        # always with the latest state. napari's progress bar runs
+        # QApplication.processEvents() on every update, which may re-enter the handlers.
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.timeout.connect(self._refresh)
         self._refresh_throttle = session.Throttle(session.REFRESH_INTERVAL)
-        self._plot_throttle = session.Throttle(session.PLOT_INTERVAL)
         self._syncing = False
         self._shown_description = ""
-        # One-off napari calls (adding a layer, removing the preview, grid mode) each take tens
-        # of milliseconds: they are queued and run one per event-loop turn.
+        # One-off napari calls (adding a layer, grid mode, a result into its layer) each take
+        # tens of milliseconds or more: they are queued and run one per event-loop turn.
         self._steps = StepQueue(self, busy=lambda: self._syncing)
 
         self._build_ui()
@@ -329,9 +270,24 @@ class ReconstructWidget(QWidget):
         self.iterations_spin.setToolTip("Iterations of every method; 0: each method's default")
         self.device_combo = QComboBox()
         self.device_combo.addItem("auto")
+        self.model_edit = QLineEdit()
+        self.model_edit.setPlaceholderText("shipped models")
+        self.model_edit.setToolTip(
+            "A model folder written by 'napari-genreg train' (a VAE prior, for the vae-*, range "
+            "and adapt methods) or 'napari-genreg train-vn' (for vn), used instead of the "
+            "shipped model; empty: each method's shipped model"
+        )
+        self.model_button = QPushButton("…")
+        self.model_button.setToolTip("Choose a model folder")
+        self.model_button.clicked.connect(self._choose_model)
+        model_row = QHBoxLayout()
+        model_row.setContentsMargins(0, 0, 0, 0)
+        model_row.addWidget(self.model_edit)
+        model_row.addWidget(self.model_button)
         form.addRow(self.method_list)
         form.addRow("lam", self.lam_edit)
         form.addRow("iterations", self.iterations_spin)
+        form.addRow("model", model_row)
         form.addRow("device", self.device_combo)
         root.addWidget(box)
 
@@ -343,11 +299,12 @@ class ReconstructWidget(QWidget):
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
         root.addLayout(buttons)
-        self.grid_check = QCheckBox("side by side (grid) when done")
+        self.grid_check = QCheckBox("side by side (grid)")
         self.grid_check.setChecked(True)
         self.grid_check.setToolTip(
-            "Show the results in napari's grid mode, with the k-space and the sampling mask "
-            "hidden; unchecking restores them"
+            "Show the methods side by side in napari's grid mode as the run starts, with the "
+            "k-space, the sampling mask and the inspector's overlays hidden; unchecking "
+            "restores them"
         )
         root.addWidget(self.grid_check)
         self.status = QLabel("")
@@ -616,6 +573,13 @@ class ReconstructWidget(QWidget):
 
     # ------------------------------------------------------------------------------- run
 
+    def _choose_model(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        folder = QFileDialog.getExistingDirectory(self, "Model folder", self.model_edit.text())
+        if folder:
+            self.model_edit.setText(folder)
+
     def _update_run_button(self) -> None:
         running = self.worker is not None
         self.run_button.setEnabled(self.is_ready() and not running)
@@ -628,6 +592,8 @@ class ReconstructWidget(QWidget):
         ------
         ValueError
             For a missing input, a mask that cannot be drawn, no regulariser, a bad lam.
+        FileNotFoundError, napari_genreg.models.checkpoint.CheckpointError
+            For a model folder that does not exist or does not suit the checked methods.
         """
         layer = self.input_layer()
         if layer is None:
@@ -655,6 +621,7 @@ class ReconstructWidget(QWidget):
             lam=lam,
             iterations=self.iterations_spin.value() or None,
             device=self.device_combo.currentText() or "auto",
+            model=self.model_edit.text().strip() or None,
             coil_maps=self.coil_maps_combo.currentText(),
             source=layer.name,
             scale=session.grid_scale(layer) if image_input else (1.0, 1.0),
@@ -676,42 +643,69 @@ class ReconstructWidget(QWidget):
         self.start(request, planned)
 
     def start(self, request: session.ReconRequest, planned: dict[str, int]) -> None:
-        """Run ``request`` in a ``thread_worker`` (``planned``: iterations per method)."""
+        """Run ``request`` in a ``thread_worker`` (``planned``: iterations per method).
+
+        The worker builds the problem, reports it and waits: meanwhile the GUI makes one layer
+        per method (named as its result, transparent until its first preview) and switches
+        grid mode on, one napari call per event-loop turn, while no solver competes with it.
+        Then the iterations run, and the previews and the results only replace layer data.
+        """
         from napari.qt.threading import thread_worker
-        from napari.utils import progress
         from superqt.utils import GeneratorWorker
 
         self.results = []
         self._live = session.LiveRun()
         self._refresh_throttle.reset()
-        self._plot_throttle.reset()
         self._failed = False
         self._cancelled = False
         self._run_mask = request.mask
         self._scale = request.scale
+        self._names = request.result_names()
+        self._run_layers = {}
+        self._laid_out = laid_out = threading.Event()
         self.table.setRowCount(0)
         self.results_box.setTitle(f"Results: {request.mask_label}")
         self.plot.clear()
-        self._pbar = progress(total=sum(planned.values()), desc="Reconstruct")
         self._shown_description = self._live.description
+        total = sum(planned.values())
+        # next turn: the first progress bar of a session builds napari's activity dock
+        self._steps.add(lambda: self._start_progress(total))
         # superqt's plain GeneratorWorker: napari's would also relay errors as tracebacks.
         worker = thread_worker(
             _run_in_thread, start_thread=False, worker_class=GeneratorWorker, ignore_errors=True
-        )(request)
+        )(request, laid_out)
         worker.yielded.connect(self._on_event)
         worker.errored.connect(self._on_error)
         worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
         self.worker = worker
-        self.destroyed.connect(worker.quit)  # the dock closes: stop computing
+
+        def stop(*_: Any) -> None:  # the dock closes: stop computing
+            laid_out.set()
+            worker.quit()
+
+        self._stop_worker = stop
+        self.destroyed.connect(stop)
         self.status.setText(f"building the problem ({request.mask_label})…")
         self._update_run_button()
         worker.start()
+
+    def _start_progress(self, total: int) -> None:
+        from napari.utils import progress
+
+        if self.worker is None:  # over already
+            return
+        self._syncing = True  # it processes events: no other step within this one
+        try:
+            self._pbar = progress(total=total, desc=self._shown_description)
+        finally:
+            self._syncing = False
 
     def cancel(self) -> None:
         """Ask the running worker to stop after the iteration in progress."""
         if self.worker is not None:
             self.worker.quit()
+            self._laid_out.set()
             self.status.setText("cancelling…")
 
     # -------------------------------------------------------------------- worker events
@@ -725,19 +719,45 @@ class ReconstructWidget(QWidget):
                 f"{info['acceleration']:.2f}x, noise σ {info['noise_sigma']:.3g} on "
                 f"{info['device']}"
             )
+            self._lay_out(tuple(info["recon_size"]))
         elif isinstance(event, session.IterationEvent):
             self._on_iteration(event)
         elif isinstance(event, session.MethodFinished):
             self._on_method_finished(event.result)
+
+    def _lay_out(self, shape: tuple[int, int]) -> None:
+        """While the worker waits: one layer per method, then grid mode (when asked for), one
+        napari call per event-loop turn; then the worker goes on."""
+        for method, name in self._names.items():
+            self._steps.add(lambda m=method, n=name: self._add_run_layer(m, n, shape))
+        if self.grid_check.isChecked():
+            self._steps.add(self._plan_grid)
+        self._steps.add(self._laid_out.set)
+
+    def _plan_grid(self) -> None:
+        """Grid mode's steps, planned once the run's layers are in (unless cancelled)."""
+        if not self._laid_out.is_set():
+            self._steps.add_next(*self._grid_steps())
+
+    def _add_run_layer(self, method: str, name: str, shape: tuple[int, int]) -> None:
+        if self._laid_out.is_set():  # cancelled meanwhile
+            return
+        data = session.run_layer(name, shape, self._display_range, self._scale)
+        self._run_layers[method] = self.viewer.add_layer(_layer_from(data))
+
+    def _run_layer(self, method: str) -> Any:
+        """The layer of ``method`` in this run, or ``None`` (not made, or deleted by the user)."""
+        layer = self._run_layers.get(method)
+        return layer if layer is not None and layer in self.viewer.layers else None
 
     def _on_iteration(self, event: session.IterationEvent) -> None:
         self._live.record(event)  # shown by the next refresh
         if not self._refresh_timer.isActive():
             self._refresh_timer.start(round(1e3 * self._refresh_throttle.wait()))
 
-    def _refresh(self, final: bool = False) -> None:
-        """Show the latest state: preview, status, progress bar, and the plot when due (or
-        ``final``). Never re-entered (the progress bar processes events)."""
+    def _refresh(self) -> None:
+        """Show the latest state: preview, status, plot and progress bar. Never re-entered
+        (the progress bar processes events)."""
         if self._syncing:
             return
         self._refresh_throttle.take()
@@ -747,30 +767,46 @@ class ReconstructWidget(QWidget):
             self._show_preview(preview)
         if live.status and not (self._failed or self._cancelled):
             self.status.setText(live.status)
-        if live.curves_changed:
-            if final or self._plot_throttle.take():
-                for name, objectives in live.take_curves().items():
-                    self.plot.set_curve(name, objectives, layout=final)
-            elif not self._refresh_timer.isActive():  # the plot waits: come back for it
-                self._refresh_timer.start(round(1e3 * self._plot_throttle.wait()))
-        self._sync_progress()
+        for name, objectives in live.take_curves().items():
+            self._set_curve(name, objectives)
+        # in a turn of its own: the progress bar processes events, so the repaint of the
+        # preview would otherwise be drawn within this call
+        self._steps.add(self._sync_progress)
 
-    def _show_preview(self, image: np.ndarray) -> None:
-        layer = self._preview_layer
-        if layer is not None and layer in self.viewer.layers:
-            layer.data = image  # in place: the contrast limits are the run's, set once
+    def _show_preview(self, preview: session.Preview) -> None:
+        layer = self._run_layer(preview.method)
+        if layer is None:
             return
-        data = session.preview_layer(image, self._display_range, self._scale)
-        self._preview_layer = self.viewer.add_layer(_layer_from(data))
+        layer.data = preview.image  # the contrast limits are the run's, set once
+        if layer.opacity == 0:
+            layer.opacity = 1.0
+
+    def _set_curve(self, method: str, objectives: list[float]) -> None:
+        kinds = {m.name: m.objective for m in self.choices.methods} if self.choices else {}
+        kind = kinds.get(method, "objective")
+        label = method if kind == "objective" else f"{method} ({kind})"
+        self.plot.set_curve(method, objectives, label=label)
 
     def _on_method_finished(self, result: session.MethodResult) -> None:
         self.results.append(result)
         self._live.finish(result)
-        self._steps.add(lambda: self._add_result(result))
+        self._steps.add(lambda: self._show_result(result))
 
-    def _add_result(self, result: session.MethodResult) -> None:
-        """The result's layer; its row, its whole curve and the progress come next turn."""
-        self.viewer.add_layer(_layer_from(session.result_layer(result, self._run_mask)))
+    def _show_result(self, result: session.MethodResult) -> None:
+        """The result into its method's layer (its data and metadata; a new layer if the
+        user deleted it); its row and its whole curve come next turn."""
+        array, kwargs, kind = session.result_layer(result, self._run_mask)
+        layer = self._run_layer(result.method)
+        if layer is None:
+            self._run_layers[result.method] = self.viewer.add_layer(
+                _layer_from((array, kwargs, kind))
+            )
+        else:
+            layer.data = array
+            if tuple(layer.contrast_limits) != tuple(kwargs["contrast_limits"]):
+                layer.contrast_limits = kwargs["contrast_limits"]
+            layer.opacity = 1.0
+            layer.metadata = kwargs["metadata"]  # a reconstruction now (the inspector sees it)
         self._steps.add_next(lambda: self._add_row(result))
 
     def _add_row(self, result: session.MethodResult) -> None:
@@ -785,7 +821,7 @@ class ReconstructWidget(QWidget):
                 item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             self.table.setItem(row, column, item)
         self._fit_table()
-        self._refresh(final=True)
+        self._refresh()
 
     def _fit_table(self) -> None:
         """Widen the table (and so the dock) to show every column, up to a limit."""
@@ -832,28 +868,42 @@ class ReconstructWidget(QWidget):
 
     def _on_finished(self) -> None:
         """The worker is done: finish the display in steps, one per event-loop turn (after
-        the results still queued); :attr:`run_finished` is emitted by the last."""
-        self._steps.add(self._finish_progress, self._remove_preview)
-        if not (self._failed or self._cancelled) and self.results:
-            if self.grid_check.isChecked():  # planned once the results are in
-                self._steps.add(lambda: self._steps.add_next(*self._grid_steps()))
+        the results still queued); :attr:`run_finished` is emitted by the last. A failed or
+        cancelled run takes away the layers of the methods that did not finish (and grid
+        mode, when no method finished)."""
+        self._laid_out.set()
+        self._steps.add(self._finish_progress)
+        if self._failed or self._cancelled:
+            self._steps.add(lambda: self._steps.add_next(*self._cleanup_steps()))
         self._steps.add(self._end_run)
 
     def _finish_progress(self) -> None:
         self._refresh_timer.stop()
-        self._refresh(final=True)
+        self._refresh()
+        self._sync_progress()
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
 
-    def _remove_preview(self) -> None:
-        if self._preview_layer is not None and self._preview_layer in self.viewer.layers:
-            self.viewer.layers.remove(self._preview_layer)
-        self._preview_layer = None
+    def _cleanup_steps(self) -> list[Callable[[], None]]:
+        finished = {result.method for result in self.results}
+
+        def remove(method: str) -> None:
+            layer = self._run_layer(method)
+            self._run_layers.pop(method, None)
+            if layer is not None:
+                self.viewer.layers.remove(layer)
+
+        steps: list[Callable[[], None]] = [
+            lambda m=method: remove(m) for method in self._run_layers if method not in finished
+        ]
+        if not finished:
+            steps.append(self._hide_grid)
+        return steps
 
     def _end_run(self) -> None:
         if self.worker is not None:
-            self.destroyed.disconnect(self.worker.quit)
+            self.destroyed.disconnect(self._stop_worker)
         self.worker = None
         self._update_run_button()
         if not (self._failed or self._cancelled):
@@ -864,19 +914,19 @@ class ReconstructWidget(QWidget):
     # ---------------------------------------------------------------------------- grid
 
     def _show_grid(self) -> None:
-        """Grid mode with the k-space and the live mask hidden (they are not images) and each
-        image's name written in its cell."""
+        """Grid mode with the k-space, the live mask and the Covariance Inspector's overlays
+        hidden (they are not images to compare; each would take a cell) and each image's name
+        written in its cell."""
         for step in self._grid_steps():
             step()
 
     def _grid_steps(self) -> list[Callable[[], None]]:
-        """:meth:`_show_grid` as steps of one napari call each (hide the k-space and the mask,
-        show each name, switch the grid on): each redraws the canvas."""
+        """:meth:`_show_grid` as steps of one napari call each (hide the layers that are no
+        images to compare, show each name, switch the grid on): each redraws the canvas."""
 
         def hide() -> None:
             for layer in self.viewer.layers:
-                kind = session.layer_kind(layer)
-                if layer.visible and (kind == "kspace" or kind == session.KIND_MASK):
+                if layer.visible and session.layer_kind(layer) in NOT_COMPARED:
                     layer.visible = False
                     self._hidden_for_grid.append(layer)
 
@@ -895,11 +945,8 @@ class ReconstructWidget(QWidget):
                 steps.append(lambda layer=layer: name(layer))
         return [*steps, grid_on]
 
-    def _on_grid_toggled(self, checked: bool) -> None:
-        if checked:
-            if self.results:
-                self._show_grid()
-            return
+    def _hide_grid(self) -> None:
+        """Leave grid mode; show what it hid and hide the names it wrote."""
         grid(self.viewer).enabled = False
         for layer in self._hidden_for_grid:
             if layer in self.viewer.layers:
@@ -909,6 +956,12 @@ class ReconstructWidget(QWidget):
                 layer.name_overlay.visible = False
         self._hidden_for_grid = []
         self._named_for_grid = []
+
+    def _on_grid_toggled(self, checked: bool) -> None:
+        if not checked:
+            self._hide_grid()
+        elif any(self._run_layer(method) is not None for method in self._run_layers):
+            self._show_grid()
 
 
 def _set_row_visible(form: QFormLayout, field: QWidget, visible: bool) -> None:

@@ -37,22 +37,19 @@ from napari_genreg.physics.masks import (
 #: ``metadata[METADATA_KEY]["kind"]`` of the layers this widget creates.
 KIND_RECONSTRUCTION = "reconstruction"
 KIND_MASK = "sampling mask"
+#: A method's layer while its run goes on (it shows the previews; it becomes the result).
 KIND_PREVIEW = "preview"
 #: Layers of the Covariance Inspector (covariance maps, samples, the pixel marker).
 KIND_COVARIANCE = "covariance"
 #: Layers of these kinds are neither inputs nor drawn masks.
 OWN_KINDS = frozenset({KIND_RECONSTRUCTION, KIND_MASK, KIND_PREVIEW, KIND_COVARIANCE})
 
-#: Name of the live sampling-mask layer and of the preview layer.
+#: Name of the live sampling-mask layer.
 MASK_LAYER_NAME = "sampling mask"
-PREVIEW_LAYER_NAME = "preview"
 #: Seconds between two preview images at least (the event loop is never flooded with images).
 PREVIEW_INTERVAL = 0.25
-#: Seconds between two refreshes of the live view (preview, progress bar, status) at least.
+#: Seconds between two refreshes of the live view (preview, progress bar, status, plot) at least.
 REFRESH_INTERVAL = 0.25
-#: Seconds between two redraws of the convergence plot during a run at least (a matplotlib
-#: draw holds the GUI thread, and with it the GIL the solver needs, for tens of milliseconds).
-PLOT_INTERVAL = 1.0
 #: Relative noise of k-space simulated from an image layer (the brain sample's level).
 DEFAULT_NOISE_SIGMA = 0.01
 
@@ -361,12 +358,17 @@ def mask_layer(mask: np.ndarray, scale: Sequence[float] = (1.0, 1.0)) -> LayerDa
 
 
 class MethodInfo(NamedTuple):
-    """What the widget shows of a registered method."""
+    """What the widget shows of a registered method.
+
+    ``objective`` names what the method's states report: ``"objective"``, or ``"data term"``
+    for a variational network (it minimises no fixed objective).
+    """
 
     name: str
     description: str
     default_iterations: int
     has_lam: bool
+    objective: str = "objective"
 
 
 class Choices(NamedTuple):
@@ -385,7 +387,14 @@ def load_choices() -> Choices:
     from napari_genreg.recon import METHODS, available_devices
 
     methods = tuple(
-        MethodInfo(m.name, m.description, m.default_iterations, m.has_lam) for m in METHODS.values()
+        MethodInfo(
+            m.name,
+            m.description,
+            m.default_iterations,
+            m.has_lam,
+            m.objective,
+        )
+        for m in METHODS.values()
     )
     return Choices(methods, ("auto", *available_devices()))
 
@@ -413,6 +422,11 @@ class ReconRequest:
         Iterations of every method, or ``None`` for each method's default.
     device
         ``"auto"`` or a device name (:func:`~napari_genreg.recon.resolve_device`).
+    model
+        A model folder (``napari-genreg train`` or ``train-vn``) that replaces the shipped model
+        of every method that loads one, as the CLI's ``--model``; ``None``: the shipped models.
+        Checked against the methods when the request is made
+        (:func:`~napari_genreg.recon.check_model`).
     coil_maps
         ``"espirit"`` or ``"lowres"`` (multi-coil data only).
     source
@@ -428,6 +442,7 @@ class ReconRequest:
     lam: float | None = None
     iterations: int | None = None
     device: str = "auto"
+    model: str | None = None
     coil_maps: str = "espirit"
     source: str = ""
     scale: tuple[float, float] = (1.0, 1.0)
@@ -443,14 +458,26 @@ class ReconRequest:
             raise ValueError(f"iterations must be at least 1, got {self.iterations}")
         if self.data.n_slices != 1:
             raise ValueError("a request holds one slice (see load_input)")
+        if self.model is not None:
+            from napari_genreg.recon import check_model
+
+            check_model(self.model, self.methods)
 
     def planned_iterations(self) -> dict[str, int]:
         """``method -> iterations`` it will run at most (imports the method registry)."""
         from napari_genreg.recon import get_method
+        from napari_genreg.recon.generative import use_model
 
         if self.iterations is not None:
             return dict.fromkeys(self.methods, self.iterations)
-        return {name: get_method(name).default_iterations for name in self.methods}
+        with use_model(self.model):  # a vn folder brings its own number of stages
+            return {name: get_method(name).planned_iterations() for name in self.methods}
+
+    def result_names(self) -> dict[str, str]:
+        """``method -> layer name`` of every result (imports the method registry)."""
+        from napari_genreg.recon import get_method
+
+        return {name: self.result_name(name, get_method(name).has_lam) for name in self.methods}
 
     def result_name(self, method: str, has_lam: bool) -> str:
         """The layer name of a result, e.g. ``"tv · poisson 4x"`` (``"· lam 20"`` when set)."""
@@ -625,6 +652,13 @@ class Throttle:
         self._last = -math.inf
 
 
+class Preview(NamedTuple):
+    """The newest iterate of a running method: float32 ``(H, W)`` magnitude."""
+
+    method: str
+    image: np.ndarray
+
+
 class LiveRun:
     """What a running request has reported, for a view that refreshes at its own pace.
 
@@ -640,7 +674,7 @@ class LiveRun:
         self.description = description
         self.status = ""
         self.last: IterationEvent | None = None
-        self._preview: np.ndarray | None = None
+        self._preview: Preview | None = None
         self._changed: set[str] = set()
 
     def record(self, event: IterationEvent) -> None:
@@ -651,7 +685,7 @@ class LiveRun:
         self.description = f"Reconstruct: {event.method}"
         self._changed.add(event.method)
         if event.preview is not None:
-            self._preview = event.preview
+            self._preview = Preview(event.method, event.preview)
             self.status = (
                 f"{event.method}: iteration {event.iteration} of {event.planned}, "
                 f"objective {event.objective:.4g}"
@@ -664,8 +698,10 @@ class LiveRun:
         self.done += max(planned - done, 0)  # converged early, or a closed form
         self.history[result.method] = list(result.objectives)
         self._changed.add(result.method)
+        if self._preview is not None and self._preview.method == result.method:
+            self._preview = None  # the result replaces it
 
-    def take_preview(self) -> np.ndarray | None:
+    def take_preview(self) -> Preview | None:
         """The newest preview not shown yet, or ``None``."""
         preview, self._preview = self._preview, None
         return preview
@@ -739,6 +775,15 @@ def run_request(
     napari_genreg.recon.ReconstructionError
         When a method diverges or runs out of memory (the message names it).
     """
+    from napari_genreg.recon.generative import use_model
+
+    with use_model(request.model):  # entered and left in the worker's thread
+        return (yield from _run_methods(request, preview_interval, clock))
+
+
+def _run_methods(
+    request: ReconRequest, preview_interval: float, clock: Callable[[], float]
+) -> Generator[RunEvent, None, tuple[MethodResult, ...]]:
     from napari_genreg.recon import build_problem, get_method, resolve_device, run
     from napari_genreg.recon.generative import head_of
 
@@ -790,6 +835,7 @@ def run_request(
         }
         if core.model is not None:
             settings["model"] = core.model
+        if head is not None:
             settings["prior_head"] = head
         result = MethodResult(
             method=method.name,
@@ -856,19 +902,55 @@ def result_layer(result: MethodResult, mask: np.ndarray | None = None) -> LayerD
     return (result.image, kwargs, "image")
 
 
-def preview_layer(
-    image: np.ndarray, display_range: tuple[float, float], scale: Sequence[float]
+def run_layer(
+    name: str,
+    shape: Sequence[int],
+    display_range: tuple[float, float],
+    scale: Sequence[float] = (1.0, 1.0),
 ) -> LayerData:
-    """The layer that shows the current iterate while a run is going on."""
+    """The layer of one method of a run, made before the run's first iteration: zeros of the
+    reconstruction's ``shape``, named as its result will be, transparent (opacity 0: it hides
+    nothing) until the method's first preview. The previews and then the result replace its
+    data; ``kind="preview"`` until then (:func:`result_layer` gives its final metadata)."""
     meta = {METADATA_KEY: {"kind": KIND_PREVIEW}}
     kwargs = {
-        "name": PREVIEW_LAYER_NAME,
+        "name": name,
         "metadata": meta,
         "colormap": "gray",
         "contrast_limits": display_range,
         "scale": tuple(scale),
+        "opacity": 0.0,
     }
-    return (image, kwargs, "image")
+    return (np.zeros(tuple(shape), dtype=np.float32), kwargs, "image")
+
+
+def relative_excess(objectives: Sequence[float]) -> np.ndarray | None:
+    """What the convergence plot shows of an objective history: its excess over its lowest
+    value, relative to its range, ``(f_k - min f) / (max f - min f)``.
+
+    Read on a log axis, it falls from 1 towards 0 as the method converges, whatever the sign
+    and the scale of the objective (the generative methods' objectives are negative: log
+    determinants), so methods share one axis. The lowest value is 0, off a log axis.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        float64 of the history's length (NaN where the history is not finite); ``None`` for
+        fewer than 2 finite values or a constant history (nothing to show).
+
+    Examples
+    --------
+    >>> relative_excess([-100.0, -150.0, -160.0, -161.0]).round(3).tolist()
+    [1.0, 0.18, 0.016, 0.0]
+    """
+    f = np.asarray(objectives, dtype=float)
+    finite = np.isfinite(f)
+    if np.count_nonzero(finite) < 2:
+        return None
+    low, high = f[finite].min(), f[finite].max()
+    if not high > low:
+        return None
+    return np.where(finite, (f - low) / (high - low), np.nan)
 
 
 def metrics_row(result: MethodResult) -> tuple[str, ...]:
