@@ -16,7 +16,7 @@ over the head) whose red and blue parts are the most balanced, and writes
 
 - ``docs/images/covariance_view.png``: the whole window, the positive (red) and negative
   (blue) covariance around the clicked pixel over the reconstruction, the marker and the
-  inspector's dock.
+  inspector's dock (the Reconstruct dock hidden, so that the inspector's has the height).
 
 ``--only reconstruct`` or ``--only covariance`` writes one part.
 
@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "images"
-WINDOW = (1600, 1000)
+WINDOW = (1600, 1200)
 METHODS = ("zero-filled", "tv", "vn", "vae-structured")
 #: Candidate pixels of the covariance screenshot: every STRIDE-th pixel inside the head; the
 #: one whose positive (red, away from the pixel) and negative (blue) parts are the most
@@ -180,7 +180,7 @@ def _covariance(app, args) -> int:
     viewer = napari.Viewer(title="napari-genreg")
     viewer.window.resize(*WINDOW)
     viewer.open_sample("napari-genreg", "brain")
-    _, recon = viewer.window.add_plugin_dock_widget("napari-genreg", "Reconstruct")
+    recon_dock, recon = viewer.window.add_plugin_dock_widget("napari-genreg", "Reconstruct")
     _, inspector = viewer.window.add_plugin_dock_widget("napari-genreg", "Covariance Inspector")
     _wait(app, recon.is_ready, 60)
     recon.set_mask_choice("poisson")
@@ -194,6 +194,7 @@ def _covariance(app, args) -> int:
         print(f"screenshots: the run did not finish: {recon.status.text()}", file=sys.stderr)
         return 1
     (result,) = recon.results
+    recon_dock.hide()  # the picture is about the inspector: its dock gets the whole height
     inspector.set_source(result.name)
     source = viewer.layers[result.name]
     pixel = _balanced_pixel(source)

@@ -100,3 +100,27 @@ def test_the_gui_launcher_opens_the_sample_with_the_widgets_docked(monkeypatch, 
     assert seen["layers"][:2] == ["brain", "brain k-space"]
     assert any("Reconstruct" in name for name in seen["docks"])
     assert any("Covariance Inspector" in name for name in seen["docks"])
+
+
+def test_both_docks_in_a_short_window_scroll_instead_of_squeezing_their_rows(
+    make_napari_viewer, qtbot
+):
+    from qtpy.QtWidgets import QCheckBox, QPushButton, QScrollArea
+
+    viewer = make_napari_viewer(show=True)
+    _, recon = viewer.window.add_plugin_dock_widget("napari-genreg", "Reconstruct")
+    _, inspector = viewer.window.add_plugin_dock_widget("napari-genreg", "Covariance Inspector")
+    qtbot.waitUntil(lambda: recon.choices is not None, timeout=30_000)  # methods listed
+    viewer.window.resize(1200, 700)  # shorter than the two docks' controls together
+    qtbot.wait(100)
+    for widget in (recon, inspector):
+        area = widget.findChild(QScrollArea)
+        assert area is not None
+        controls = area.widget()
+        assert controls.height() >= controls.minimumSizeHint().height()
+        for row in controls.findChildren(QCheckBox) + controls.findChildren(QPushButton):
+            assert row.height() >= row.minimumSizeHint().height(), row.text()
+    # together they do not fit: at least one of them scrolls
+    assert any(
+        w.findChild(QScrollArea).verticalScrollBar().maximum() > 0 for w in (recon, inspector)
+    )

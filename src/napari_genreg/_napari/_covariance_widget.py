@@ -28,13 +28,12 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QLabel,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
 from napari_genreg._napari import _inspector as inspector
 from napari_genreg._napari._session import KIND_COVARIANCE, KIND_PREVIEW, layer_kind
-from napari_genreg._napari._viewer import StepQueue, grid
+from napari_genreg._napari._viewer import StepQueue, grid, scrolling_layout
 
 if TYPE_CHECKING:
     import napari
@@ -126,7 +125,7 @@ class CovarianceWidget(QWidget):
     # ------------------------------------------------------------------------------ layout
 
     def _build_ui(self) -> None:
-        root = QVBoxLayout(self)
+        root = scrolling_layout(self)
         box = QGroupBox("Reconstruction")
         form = QFormLayout(box)
         self.source_combo = QComboBox()
@@ -168,7 +167,6 @@ class CovarianceWidget(QWidget):
         self.status.setWordWrap(True)
         root.addWidget(self.status)
         root.addStretch(1)
-        self.setMinimumHeight(self.sizeHint().height())
 
         self.source_combo.currentIndexChanged.connect(self._on_source_changed)
 

@@ -48,7 +48,7 @@ from qtpy.QtWidgets import (
 
 from napari_genreg._napari import _session as session
 from napari_genreg._napari._plot import ConvergencePlot
-from napari_genreg._napari._viewer import StepQueue, grid
+from napari_genreg._napari._viewer import StepQueue, grid, scrolling_layout
 from napari_genreg.physics.masks import MASKS
 
 if TYPE_CHECKING:
@@ -177,7 +177,7 @@ class ReconstructWidget(QWidget):
     # ------------------------------------------------------------------------------ layout
 
     def _build_ui(self) -> None:
-        root = QVBoxLayout(self)
+        root = scrolling_layout(self)
 
         box = QGroupBox("Input")
         form = QFormLayout(box)

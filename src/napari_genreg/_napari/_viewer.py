@@ -3,7 +3,9 @@
 - :func:`grid`: the viewer's grid settings, across napari versions;
 - :class:`StepQueue`: one-off napari calls (adding a layer, removing one, switching the grid)
   run one per event-loop turn, so that none of them follows another without the event loop
-  being able to repaint and react in between.
+  being able to repaint and react in between;
+- :func:`scrolling_layout`: a dock's controls in a scroll area, so that two docks stacked in a
+  short window scroll instead of squeezing their rows over each other.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from qtpy.QtCore import QObject, QTimer
+from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
+from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 #: Milliseconds between two queued steps.
 STEP_DELAY_MS = 5
@@ -23,6 +26,50 @@ def grid(viewer: Any) -> Any:
     before)."""
     canvas = getattr(viewer, "canvas", None)
     return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
+
+
+class _VerticalScrollArea(QScrollArea):
+    """A scroll area that scrolls vertically only: it is as wide as its contents need, and
+    asks its dock for a new size whenever their layout changes (a scroll area would keep the
+    size it had when it was docked)."""
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()
+        return super().eventFilter(watched, event)
+
+    def minimumSizeHint(self) -> QSize:
+        size = super().minimumSizeHint()
+        inner = self.widget()
+        if inner is None:
+            return size
+        width = inner.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+        return QSize(max(size.width(), width), size.height())
+
+    def sizeHint(self) -> QSize:
+        size = super().sizeHint()
+        inner = self.widget()
+        if inner is None:
+            return size
+        width = inner.sizeHint().width() + self.verticalScrollBar().sizeHint().width()
+        return QSize(width, max(size.height(), inner.sizeHint().height()))
+
+
+def scrolling_layout(widget: QWidget) -> QVBoxLayout:
+    """The layout to put ``widget``'s controls in: a vertical layout inside a frameless scroll
+    area that fills ``widget``. The scroll area is vertically expanding, so napari adds no
+    stretch below it; when the dock is shorter than the controls, they scroll (vertically: the
+    area is as wide as the controls need)."""
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    area = _VerticalScrollArea(widget)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    inner = QWidget(area)
+    area.setWidget(inner)
+    outer.addWidget(area)
+    return QVBoxLayout(inner)
 
 
 class StepQueue(QObject):
