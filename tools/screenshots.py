@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -204,7 +205,7 @@ def _covariance(app, args) -> int:
         print(f"screenshots: the inspection failed: {inspector.status.text()}", file=sys.stderr)
         return 1
     # the latency under Xvfb (software rendering) says nothing about a real display
-    inspector.status.setText(f"{result.name}: covariance with pixel {pixel}")
+    inspector.status.setText(re.sub(r" \(\d+ ms from the click\)", "", inspector.status.text()))
     viewer.reset_view()
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     camera.center = tuple(source.data_to_world(pixel))

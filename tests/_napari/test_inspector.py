@@ -86,6 +86,37 @@ def test_target_pixel_and_layers_match_inspect_covariance(generative):
         inspector.compute_view(target, (40, 0))
 
 
+def _signs(positive: np.ndarray, negative: np.ndarray, pixel: tuple[int, int]) -> str:
+    meta = {"metadata": {METADATA_KEY: {"pixel": list(pixel)}}}
+    layers = {"positive": (positive, meta, "image"), "negative": (negative, meta, "image")}
+    return inspector.describe_signs(layers)
+
+
+def test_the_status_line_compares_the_negative_part_with_the_positive_one(generative):
+    column = np.array([[10.0, 4.0, -1.0], [2.0, 0.0, -0.002], [0.0, 0.0, 0.0]])
+    positive, negative = np.maximum(column, 0), np.maximum(-column, 0)
+    # the pixel's own variance (10) is left out: the largest positive neighbour is 4
+    assert _signs(positive, negative, (0, 0)).startswith("largest negative covariance 25 %")
+    weak = np.where(column < -0.01, 0.0, negative)  # only -0.002: 5e-4 of 4
+    assert _signs(positive, weak, (0, 0)).startswith("no negative covariance here")
+    alone = np.zeros((3, 3))
+    alone[1, 1] = 5.0
+    assert _signs(alone, np.zeros((3, 3)), (1, 1)) == "no covariance with any other pixel"
+    assert inspector.describe_signs({"positive": (positive, {}, "image")}) == ""
+
+    # on a real inspection it reads the same numbers as the layers show
+    vae, _ = generative
+    layers = inspector.compute_layers(inspector.inspect_target(vae), (12, 30))
+    off = layers["positive"][0].copy()
+    off[12, 30] = 0
+    ratio = layers["negative"][0].max() / off.max()
+    line = inspector.describe_signs(layers)
+    if ratio < inspector.NEGLIGIBLE_NEGATIVE:
+        assert line.startswith("no negative covariance here")
+    else:
+        assert f"{100 * ratio:.0f} %" in line
+
+
 def test_only_generative_reconstructions_are_targets(generative):
     _, tv = generative
     with pytest.raises(ValueError, match="no generative prior"):

@@ -465,7 +465,9 @@ class CovarianceWidget(QWidget):
             for role in layers
             if not self.layers[role].visible
         ]
-        done = functools.partial(self._shown, target, pixel, clicked)
+        done = functools.partial(
+            self._shown, target, pixel, clicked, inspector.describe_signs(layers)
+        )
         if steps:
             self._steps.add_next(*steps, done)
         else:
@@ -478,13 +480,17 @@ class CovarianceWidget(QWidget):
             self.viewer.layers.remove(old)
 
     def _shown(
-        self, target: inspector.InspectTarget, pixel: tuple[int, int], clicked: float
+        self,
+        target: inspector.InspectTarget,
+        pixel: tuple[int, int],
+        clicked: float,
+        signs: str,
     ) -> None:
         self.pixel = pixel
         self.last_latency = time.perf_counter() - clicked
         self.status.setText(
             f"{target.name}: covariance with pixel {pixel} "
-            f"({1e3 * self.last_latency:.0f} ms from the click)"
+            f"({1e3 * self.last_latency:.0f} ms from the click)" + (f"; {signs}" if signs else "")
         )
         self.inspection_done.emit()
 

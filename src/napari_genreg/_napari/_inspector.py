@@ -283,6 +283,48 @@ def overlay_limit(view: CovarianceView) -> float:
     return top if top > 0 and np.isfinite(top) else 1.0
 
 
+#: A negative part below this fraction of the positive part (away from the pixel) is reported
+#: as none: float noise of the triangular solves, not a learned anti-correlation.
+NEGLIGIBLE_NEGATIVE = 1e-3
+
+
+def describe_signs(layers: dict[str, LayerData]) -> str:
+    """One line on the signs of an inspection (:func:`view_layers`'s ``positive`` and
+    ``negative`` layers): how large the negative part is against the positive part away from
+    the clicked pixel, so that an empty blue layer is explained rather than puzzling.
+    ``""`` when either layer is missing.
+
+    Examples
+    --------
+    >>> meta = {METADATA_KEY: {"pixel": [0, 0]}}
+    >>> pos = np.array([[9.0, 2.0], [0.5, 0.0]], dtype=np.float32)
+    >>> neg = np.array([[0.0, 0.0], [0.0, 0.5]], dtype=np.float32)
+    >>> layers = {"positive": (pos, {"metadata": meta}, "image"),
+    ...           "negative": (neg, {"metadata": meta}, "image")}
+    >>> describe_signs(layers)
+    'largest negative covariance 25 % of the largest positive one away from the pixel'
+    """
+    if "positive" not in layers or "negative" not in layers:
+        return ""
+    positive, kwargs, _ = layers["positive"]
+    row, col = kwargs["metadata"][METADATA_KEY]["pixel"]
+    off = np.array(positive, dtype=np.float64)
+    off[row, col] = 0.0
+    top_positive = float(off.max())
+    top_negative = float(np.max(layers["negative"][0]))
+    if not top_positive > 0:
+        return "no covariance with any other pixel"
+    if top_negative < NEGLIGIBLE_NEGATIVE * top_positive:
+        return (
+            "no negative covariance here: every pixel varies with this one or not at all "
+            "(the blue layer stays empty)"
+        )
+    return (
+        f"largest negative covariance {100 * top_negative / top_positive:.0f} % of the "
+        "largest positive one away from the pixel"
+    )
+
+
 def view_layers(
     view: CovarianceView, target: InspectTarget, options: InspectOptions = InspectOptions()
 ) -> dict[str, LayerData]:
