@@ -93,10 +93,20 @@ def test_the_gui_launcher_opens_the_sample_with_the_widgets_docked(monkeypatch, 
         viewer = napari.current_viewer()
         seen["layers"] = [layer.name for layer in viewer.layers]
         seen["docks"] = list(viewer.window.dock_widgets)
+        size = viewer.window._qt_window.size()  # no public getter
+        seen["size"] = (size.width(), size.height())
         viewer.close()
 
     monkeypatch.setattr(napari, "run", fake_run)
+    from napari.settings import get_settings
+    from qtpy.QtWidgets import QApplication
+
+    monkeypatch.setattr(get_settings().application, "window_size", None)  # a first launch
     assert launch.main([]) == 0
+    screen = QApplication.primaryScreen().availableGeometry()
+    expected = launch.first_window_size((screen.width(), screen.height()))
+    assert seen["size"] == expected
+    assert launch.first_window_size((1920, 1200)) == (1600, 1080)
     assert seen["layers"][:2] == ["brain", "brain k-space"]
     assert any("Reconstruct" in name for name in seen["docks"])
     assert any("Covariance Inspector" in name for name in seen["docks"])
