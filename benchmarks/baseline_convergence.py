@@ -1,14 +1,14 @@
 """How far the classical baselines' default iterations stop from convergence, and whether it
 matters for the image.
 
-``tv`` (PDHG) and ``wavelet`` (decimated Daubechies-4 l1, FISTA) run a fixed number of
+``tv`` (PDHG) and ``wavelet`` (Daubechies-4 l1 at random shifts, FISTA) run a fixed number of
 iterations by default. This runs each on validation slices (the comparison's data, masks,
 seeds and noise: every setting of ``benchmarks/comparison.py``) at several iteration counts
 with its automatic weight, and reports the PSNR against the longest run and the objective's
 distance from it: how far from the minimiser a count stops, and whether the minimiser itself is
 the better image. It chose ``tv``'s default (:data:`napari_genreg.recon.methods.TV_ITERATIONS`).
 
-Run: ``python benchmarks/baseline_convergence.py`` (about 17 minutes on 2 CPU cores); writes
+Run: ``python benchmarks/baseline_convergence.py`` (about 6 minutes on one CPU thread); writes
 ``benchmarks/results/baseline_convergence.{json,md}``.
 """
 

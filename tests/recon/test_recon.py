@@ -60,11 +60,11 @@ def test_every_method_yields_states_with_finite_objectives(name, brain, poisson_
     assert states[-1].x.shape == (128, 128) and states[-1].x.is_complex()
 
 
-# Decimated wavelets gain much less than TV on these brains (benchmarks/results/lambda_rule.md;
-# sigpy's L1WaveletRecon reaches the same PSNR), hence the smaller margin.
-@pytest.mark.parametrize("name, margin", [("tv", 3.0), ("wavelet", 0.5)])
+# The wavelet's random shifts (cycle spinning) minimise no fixed objective: its objective, taken
+# at the unshifted grid, falls overall but not at every iteration.
+@pytest.mark.parametrize("name, margin, monotone", [("tv", 3.0, True), ("wavelet", 2.0, False)])
 def test_regularised_methods_beat_zero_filling_and_their_objective_decreases(
-    name, margin, brain, poisson_mask
+    name, margin, monotone, brain, poisson_mask
 ):
     problem = _problem(brain, poisson_mask)
     zero_filled = reconstruct(problem, "zero-filled")
@@ -74,7 +74,10 @@ def test_regularised_methods_beat_zero_filling_and_their_objective_decreases(
     objectives = np.array(result.objectives)
     assert objectives[-1] < objectives[0]
     tail = objectives[len(objectives) // 2 :]
-    assert np.all(np.diff(tail) <= 1e-4 * np.abs(tail[:-1]))  # non-increasing in practice
+    if monotone:
+        assert np.all(np.diff(tail) <= 1e-4 * np.abs(tail[:-1]))  # non-increasing in practice
+    else:
+        assert tail.mean() < objectives[: len(objectives) // 2].mean()
 
 
 def test_single_coil_least_squares_is_zero_filled(brain, poisson_mask):

@@ -5,7 +5,7 @@ import torch
 from napari_genreg.physics.transforms import Wavelet
 from napari_genreg.regularizers.functionals import GroupL1, SquaredDistance
 from napari_genreg.regularizers.tv import total_variation
-from napari_genreg.regularizers.wavelet import WaveletL1
+from napari_genreg.regularizers.wavelet import WaveletL1, cycle_spinning
 
 
 def _complex(shape, seed=0):
@@ -88,6 +88,26 @@ def test_wavelet_is_unitary_and_wavelet_l1_prox_keeps_the_approximation():
     assert torch.allclose(cp[:n], c[:n], atol=1e-12)
     assert torch.allclose(cp[n:], GroupL1(0.5).prox(c[n:], 1.0), atol=1e-12)
     assert float(prior.value(x)) == pytest.approx(0.5 * float(c[n:].abs().sum()))
+
+
+def test_cycle_spinning_applies_the_prox_at_the_generators_shifts():
+    shape = (32, 32)
+    x = _complex(shape, seed=6)
+    prior = WaveletL1(shape, weight=0.3)
+    spun = cycle_spinning(prior.prox, 8, torch.Generator().manual_seed(4))
+    draws = torch.Generator().manual_seed(4)
+    seen = set()
+    for _ in range(6):
+        dy, dx = (int(k) for k in torch.randint(0, 8, (2,), generator=draws))
+        seen.add((dy, dx))
+        expected = torch.roll(
+            prior.prox(torch.roll(x, (dy, dx), (-2, -1)), 0.7), (-dy, -dx), (-2, -1)
+        )
+        torch.testing.assert_close(spun(x, 0.7), expected)
+    assert len(seen) > 1  # the alignment changes from call to call
+    # period 1: no shift, the plain proximal map
+    unshifted = cycle_spinning(prior.prox, 1, torch.Generator())
+    torch.testing.assert_close(unshifted(x, 0.7), prior.prox(x, 0.7))
 
 
 def test_wavelet_refuses_sizes_it_cannot_transform():
