@@ -102,6 +102,9 @@ def test_the_status_line_compares_the_negative_part_with_the_positive_one(genera
     alone = np.zeros((3, 3))
     alone[1, 1] = 5.0
     assert _signs(alone, np.zeros((3, 3)), (1, 1)) == "no covariance with any other pixel"
+    against = np.zeros((3, 3))
+    against[0, 0] = 2.0
+    assert _signs(alone, against, (1, 1)).startswith("no positive covariance away from")
     assert inspector.describe_signs({"positive": (positive, {}, "image")}) == ""
 
     # on a real inspection it reads the same numbers as the layers show

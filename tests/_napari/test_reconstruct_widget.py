@@ -273,6 +273,23 @@ def test_cancel_stops_within_an_iteration(sample, qtbot, notifications):
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
 
 
+def test_a_cancelled_run_leaves_grid_mode_as_the_run_found_it(sample, qtbot):
+    viewer, widget = sample
+    widget.set_methods(["zero-filled"])
+    run_and_wait(qtbot, widget)  # grid mode on, the k-space hidden
+    assert grid(viewer).enabled and not viewer.layers["brain k-space"].visible
+
+    widget.set_methods(["tv"])
+    widget.iterations_spin.setValue(200_000)
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: len(widget.history.get("tv", [])) >= 3, timeout=TIMEOUT_MS)
+    with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS):
+        widget.cancel_button.click()
+    assert "tv · poisson 4x" not in viewer.layers  # the cancelled method's layer is gone
+    assert "zero-filled · poisson 4x" in viewer.layers
+    assert grid(viewer).enabled and not viewer.layers["brain k-space"].visible
+
+
 @pytest.fixture(scope="module")
 def model_folders(tmp_path_factory):
     """A small (untrained) structured VAE prior and a 2-stage variational network, saved."""
@@ -455,3 +472,25 @@ def test_the_convergence_plot_paints_any_history(qtbot):
     assert plot.curves() == {} and not plot.grab().isNull()
     assert [decade_label(k) for k in (0, -1, -2, -3)] == ["1", "0.1", "0.01", "1e-3"]
     assert x_ticks(20) == [1, 5, 10, 15, 20] and x_ticks(2) == [1, 2] and x_ticks(8)[-1] == 8
+
+
+def test_a_long_curve_is_drawn_as_its_envelope_at_the_plots_width(qtbot):
+    from napari_genreg._napari._plot import ConvergencePlot, envelope
+
+    rng = np.random.default_rng(0)
+    y = np.abs(rng.standard_normal(100_000)) + 1e-6
+    y[50_000:51_000] = np.nan  # a run with nothing drawable breaks the line
+    k, v = envelope(y, 300)
+    assert k.size <= 600 and np.all(np.diff(k) > 0)  # in iteration order
+    np.testing.assert_array_equal(v, y[k - 1])
+    assert np.nanmax(v) == np.nanmax(y) and np.nanmin(v) == np.nanmin(y)
+    assert np.isnan(v).any()
+    short = np.array([3.0, 2.0, 1.0])
+    np.testing.assert_array_equal(envelope(short, 300)[1], short)  # drawn whole
+
+    plot = ConvergencePlot()
+    qtbot.addWidget(plot)
+    plot.resize(320, 200)
+    plot.set_curve("tv", np.linspace(1.0, 0.0, 200_000))
+    assert plot.curves()["tv"].size == 200_000  # the data are kept whole
+    assert not plot.grab().isNull()

@@ -356,3 +356,22 @@ def test_the_vn_reports_its_data_term():
     kinds = {m.name: m.objective for m in choices.methods}
     assert kinds["vn"] == "data term"
     assert {kinds[name] for name in ("tv", "vae-structured", "least-squares")} == {"objective"}
+
+
+def test_a_run_abandoned_after_a_cancel_can_be_closed_in_another_thread():
+    """The model override is set around each step of the run, not across its yields: a run
+    stopped mid-way (a cancelled worker) and closed later in another thread raises nothing,
+    and the override is not left set in either thread."""
+    import threading
+
+    from napari_genreg.recon.generative import model_override
+
+    events = session.run_request(_request(model="builtin:structured", methods=("tv",)))
+    seen = []
+    worker = threading.Thread(target=lambda: seen.extend([next(events), next(events)]))
+    worker.start()
+    worker.join()
+    assert isinstance(seen[0], session.ProblemReady) and isinstance(seen[1], session.IterationEvent)
+    assert model_override() is None
+    events.close()  # in this thread: no "Token was created in a different Context"
+    assert model_override() is None

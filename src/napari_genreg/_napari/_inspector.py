@@ -312,12 +312,17 @@ def describe_signs(layers: dict[str, LayerData]) -> str:
     off[row, col] = 0.0
     top_positive = float(off.max())
     top_negative = float(np.max(layers["negative"][0]))
-    if not top_positive > 0:
+    if not (top_positive > 0 or top_negative > 0):
         return "no covariance with any other pixel"
     if top_negative < NEGLIGIBLE_NEGATIVE * top_positive:
         return (
             "no negative covariance here: every pixel varies with this one or not at all "
             "(the blue layer stays empty)"
+        )
+    if top_positive < NEGLIGIBLE_NEGATIVE * top_negative:
+        return (
+            "no positive covariance away from the pixel: every other pixel varies against "
+            "this one or not at all"
         )
     return (
         f"largest negative covariance {100 * top_negative / top_positive:.0f} % of the "

@@ -2,13 +2,15 @@
 
 A matplotlib draw of the same plot held the GUI thread for 35 to 160 ms (most of it laying out
 and rendering the tick labels), and while a solver ran in the worker for twice that; a paint of
-this widget takes a few milliseconds, so the plot follows a run live without blocking the
-event loop. It shows :func:`~._session.relative_excess` of each iterative method's objective
-history on a log axis.
+this widget takes a few milliseconds (a long curve is reduced to its envelope at the plot's
+width first, :func:`envelope`), so the plot follows a run live without blocking the event
+loop. It shows :func:`~._session.relative_excess` of each iterative method's objective history
+on a log axis.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -61,6 +63,40 @@ def x_ticks(last: int) -> list[int]:
         step = 10 ** math.ceil(math.log10(max(last, 1) / 6))
     ticks = [1] + [k for k in range(step, last + 1, step) if k > 1]
     return ticks
+
+
+def envelope(y: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """The points of a curve worth drawing at ``bins`` pixel columns: ``(iterations, values)``.
+
+    A curve of at most ``2 * bins`` points is drawn whole. A longer one is cut into ``bins``
+    equal runs of iterations, and of each run the points of its lowest and its highest
+    drawable (finite, positive) value are kept, in iteration order: the polyline looks the
+    same at that width, and a paint costs the same after a million iterations as after a
+    thousand. A run with nothing drawable keeps one undrawable point, so the line breaks there.
+
+    Examples
+    --------
+    >>> k, v = envelope(np.array([5.0, 1.0, 4.0, 2.0, 3.0, 0.0, 6.0, 1.0]), 2)
+    >>> k.tolist(), v.tolist()
+    ([1, 2, 7, 8], [5.0, 1.0, 6.0, 1.0])
+    """
+    n = y.size
+    if n <= 2 * bins:
+        return np.arange(1, n + 1), y
+    drawable = np.where(np.isfinite(y) & (y > 0), y, np.nan)
+    edges = np.linspace(0, n, bins + 1).astype(int)
+    keep: list[int] = []
+    for start, stop in itertools.pairwise(edges):
+        part = drawable[start:stop]
+        if part.size == 0:
+            continue
+        if np.all(np.isnan(part)):
+            keep.append(start)
+            continue
+        low, high = start + int(np.nanargmin(part)), start + int(np.nanargmax(part))
+        keep.extend(sorted({low, high}))
+    index = np.asarray(keep)
+    return index + 1, y[index]
 
 
 class ConvergencePlot(QWidget):
@@ -200,10 +236,11 @@ class ConvergencePlot(QWidget):
             return
         # the curves: a polyline through each run of drawable points (y > 0)
         painter.setClipRect(area.adjusted(-1, -1, 1, 1))
+        columns = max(int(area.width()), 1)
         for i, y in enumerate(self._curves.values()):
             path = QPainterPath()
             pen_down = False
-            for k, value in enumerate(y, start=1):
+            for k, value in zip(*envelope(y, columns), strict=True):
                 if not (np.isfinite(value) and value > 0):
                     pen_down = False
                     continue

@@ -80,19 +80,25 @@ class ReconstructionFailed(Exception):
     """
 
 
+#: Seconds between two looks at the worker's abort flag while it waits for the layout.
+LAYOUT_POLL = 0.05
+
+
 def _run_in_thread(
-    request: session.ReconRequest, laid_out: threading.Event
+    request: session.ReconRequest, laid_out: threading.Event, aborted: Callable[[], bool]
 ) -> Generator[session.RunEvent, None, tuple[session.MethodResult, ...]]:
     """:func:`~._session.run_request`, waiting after its :class:`~._session.ProblemReady`
     until ``laid_out`` is set (the GUI makes the run's layers meanwhile: napari calls of 100 ms
-    and more, which take twice as long while a solver runs beside them), with ``RuntimeError``
-    re-raised as :class:`ReconstructionFailed` (see there)."""
+    and more, which take twice as long while a solver runs beside them) or ``aborted()`` (a
+    quit that does not come through the widget, e.g. napari closing, which no longer runs the
+    layout), with ``RuntimeError`` re-raised as :class:`ReconstructionFailed` (see there)."""
     events = session.run_request(request, preview_interval=session.REFRESH_INTERVAL)
     try:
         for event in events:
             yield event
             if isinstance(event, session.ProblemReady):
-                laid_out.wait()
+                while not laid_out.wait(LAYOUT_POLL) and not aborted():
+                    pass
                 break
         return (yield from events)
     except RuntimeError as exc:
@@ -134,6 +140,8 @@ class ReconstructWidget(QWidget):
         self._names: dict[str, str] = {}
         self._laid_out = threading.Event()
         self._stop_worker: Callable[..., None] | None = None
+        #: Whether the current (or last) run switched grid mode on.
+        self._grid_by_run = False
         self._mask_source: Any = None
         self._hidden_for_grid: list[Any] = []
         self._named_for_grid: list[Any] = []
@@ -663,6 +671,7 @@ class ReconstructWidget(QWidget):
         self._names = request.result_names()
         self._run_layers = {}
         self._laid_out = laid_out = threading.Event()
+        self._grid_by_run = False
         self.table.setRowCount(0)
         self.results_box.setTitle(f"Results: {request.mask_label}")
         self.plot.clear()
@@ -671,9 +680,11 @@ class ReconstructWidget(QWidget):
         # next turn: the first progress bar of a session builds napari's activity dock
         self._steps.add(lambda: self._start_progress(total))
         # superqt's plain GeneratorWorker: napari's would also relay errors as tracebacks.
+        made: list[Any] = []  # the worker, for the generator to see its abort flag
         worker = thread_worker(
             _run_in_thread, start_thread=False, worker_class=GeneratorWorker, ignore_errors=True
-        )(request, laid_out)
+        )(request, laid_out, lambda: bool(made) and made[0].abort_requested)
+        made.append(worker)
         worker.yielded.connect(self._on_event)
         worker.errored.connect(self._on_error)
         worker.aborted.connect(self._on_aborted)
@@ -737,6 +748,7 @@ class ReconstructWidget(QWidget):
     def _plan_grid(self) -> None:
         """Grid mode's steps, planned once the run's layers are in (unless cancelled)."""
         if not self._laid_out.is_set():
+            self._grid_by_run = not grid(self.viewer).enabled
             self._steps.add_next(*self._grid_steps())
 
     def _add_run_layer(self, method: str, name: str, shape: tuple[int, int]) -> None:
@@ -870,7 +882,7 @@ class ReconstructWidget(QWidget):
         """The worker is done: finish the display in steps, one per event-loop turn (after
         the results still queued); :attr:`run_finished` is emitted by the last. A failed or
         cancelled run takes away the layers of the methods that did not finish (and grid
-        mode, when no method finished)."""
+        mode, when no method finished and this run switched it on)."""
         self._laid_out.set()
         self._steps.add(self._finish_progress)
         if self._failed or self._cancelled:
@@ -897,13 +909,14 @@ class ReconstructWidget(QWidget):
         steps: list[Callable[[], None]] = [
             lambda m=method: remove(m) for method in self._run_layers if method not in finished
         ]
-        if not finished:
+        if not finished and self._grid_by_run:
             steps.append(self._hide_grid)
         return steps
 
     def _end_run(self) -> None:
         if self.worker is not None:
             self.destroyed.disconnect(self._stop_worker)
+        self._stop_worker = None  # it holds the worker, and the worker its generator
         self.worker = None
         self._update_run_button()
         if not (self._failed or self._cancelled):

@@ -777,8 +777,17 @@ def run_request(
     """
     from napari_genreg.recon.generative import use_model
 
-    with use_model(request.model):  # entered and left in the worker's thread
-        return (yield from _run_methods(request, preview_interval, clock))
+    # The model override is a context variable: set around each step only, so that it is set
+    # and reset in the same thread and context even when the generator is abandoned after a
+    # cancel and closed later elsewhere (a token held across a ``yield`` could not be reset).
+    steps = _run_methods(request, preview_interval, clock)
+    while True:
+        try:
+            with use_model(request.model):
+                event = next(steps)
+        except StopIteration as done:
+            return done.value
+        yield event
 
 
 def _run_methods(
