@@ -36,8 +36,9 @@ def get_method(name: str) -> Method:
 def check_model(model: str | os.PathLike[str], names: Sequence[str]) -> None:
     """Check, before any work, that the ``--model`` folder ``model`` suits the methods ``names``.
 
-    Reads the folder's ``config.json`` only. Methods without a model (``tv``, ...) ignore it;
-    every method that loads one must accept the folder's format (a VAE prior for ``vae-*``,
+    Reads the folder's ``config.json`` only, and needs it whatever the methods (a folder that
+    is not a model is an error even when only methods without a model, ``tv``, ..., would
+    run, which then ignore it); every method that loads one must accept the folder's format (a VAE prior for ``vae-*``,
     ``range`` and ``adapt``, a variational network for ``vn``). The covariance a ``vae-*``
     method needs is checked when its model is loaded.
 
