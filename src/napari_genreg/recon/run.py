@@ -38,9 +38,9 @@ def check_model(model: str | os.PathLike[str], names: Sequence[str]) -> None:
 
     Reads the folder's ``config.json`` only, and needs it whatever the methods (a folder that
     is not a model is an error even when only methods without a model, ``tv``, ..., would
-    run, which then ignore it); every method that loads one must accept the folder's format (a VAE prior for ``vae-*``,
-    ``range`` and ``adapt``, a variational network for ``vn``). The covariance a ``vae-*``
-    method needs is checked when its model is loaded.
+    run, which then ignore it); every method that loads one must accept the folder's format
+    (a VAE prior for ``vae-*``, ``range`` and ``adapt``, a variational network for ``vn``).
+    The covariance a ``vae-*`` method needs is checked when its model is loaded.
 
     Raises
     ------
