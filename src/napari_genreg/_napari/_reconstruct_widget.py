@@ -138,6 +138,7 @@ class ReconstructWidget(QWidget):
         #: The layers of the current (or last) run by method: previews, then results.
         self._run_layers: dict[str, Any] = {}
         self._names: dict[str, str] = {}
+        self._curve_labels: dict[str, str] = {}
         self._laid_out = threading.Event()
         self._stop_worker: Callable[..., None] | None = None
         #: Whether the current (or last) run switched grid mode on.
@@ -669,6 +670,13 @@ class ReconstructWidget(QWidget):
         self._run_mask = request.mask
         self._scale = request.scale
         self._names = request.result_names()
+        # a curve's legend says what it shows when that is no objective: "vn (data term)"
+        reported = {m.name: m.objective for m in self.choices.methods} if self.choices else {}
+        self._curve_labels = {
+            name: f"{name} ({reported[name]})"
+            for name in request.methods
+            if reported.get(name, "objective") != "objective"
+        }
         self._run_layers = {}
         self._laid_out = laid_out = threading.Event()
         self._grid_by_run = False
@@ -794,10 +802,7 @@ class ReconstructWidget(QWidget):
             layer.opacity = 1.0
 
     def _set_curve(self, method: str, objectives: list[float]) -> None:
-        kinds = {m.name: m.objective for m in self.choices.methods} if self.choices else {}
-        kind = kinds.get(method, "objective")
-        label = method if kind == "objective" else f"{method} ({kind})"
-        self.plot.set_curve(method, objectives, label=label)
+        self.plot.set_curve(method, objectives, label=self._curve_labels.get(method, method))
 
     def _on_method_finished(self, result: session.MethodResult) -> None:
         self.results.append(result)

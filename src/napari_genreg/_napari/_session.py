@@ -781,12 +781,14 @@ def run_request(
     # and reset in the same thread and context even when the generator is abandoned after a
     # cancel and closed later elsewhere (a token held across a ``yield`` could not be reset).
     steps = _run_methods(request, preview_interval, clock)
+    first = True
     while True:
         try:
-            with use_model(request.model):
+            with use_model(request.model, check=first):  # checked once, not every iteration
                 event = next(steps)
         except StopIteration as done:
             return done.value
+        first = False
         yield event
 
 

@@ -178,10 +178,12 @@ _OVERRIDE: ContextVar[str | None] = ContextVar("napari_genreg_model_override", d
 
 
 @contextlib.contextmanager
-def use_model(spec: str | os.PathLike[str] | None) -> Iterator[None]:
+def use_model(spec: str | os.PathLike[str] | None, *, check: bool = True) -> Iterator[None]:
     """Inside the block, every generative method uses the model ``spec`` (``None``: its own).
 
-    ``spec`` is a model directory or ``builtin:<name>``; it is checked at once.
+    ``spec`` is a model directory or ``builtin:<name>``; it is checked at once unless
+    ``check=False`` (a caller that enters the block once per step of a run and checked the
+    model before the first).
 
     Examples
     --------
@@ -190,7 +192,8 @@ def use_model(spec: str | os.PathLike[str] | None) -> Iterator[None]:
     """
     if spec is not None:
         spec = os.fspath(spec)
-        resolve_model_dir(spec)  # fail early for a missing directory
+        if check:
+            resolve_model_dir(spec)  # fail early for a missing directory
     token = _OVERRIDE.set(spec)
     try:
         yield
