@@ -122,3 +122,23 @@ def test_split_signs_is_the_layer_pair():
     c = torch.tensor([[1.0, -2.0], [0.0, 3.0]])
     positive, negative = split_signs(c)
     assert torch.equal(positive - negative, c)
+
+
+def test_a_cached_entry_of_another_model_with_the_same_id_is_replaced(model, z):
+    """The cache is keyed on ``id(model)``; a model freed and another allocated at its address
+    share it. A stale entry must be replaced, not returned (it was, after the new model's
+    decoder ran, which made the diagonal model's view show another model's covariance)."""
+    import weakref
+
+    from napari_genreg.recon import covariance as cov
+
+    latent = torch.from_numpy(z)[None]
+    cov.clear_covariance_cache()
+    entry = cov._at_latent(model, latent, "configured")
+    other = torch.nn.Linear(1, 1)  # stands in for a model that had this id
+    (key,) = cov._AT_LATENT
+    cov._AT_LATENT[key] = cov._AtLatent(weakref.ref(other), entry.mean + 1.0, entry.covariance)
+    fresh = cov._at_latent(model, latent, "configured")
+    assert fresh.model() is model and cov._AT_LATENT[key] is fresh
+    torch.testing.assert_close(fresh.mean, entry.mean)
+    cov.clear_covariance_cache()

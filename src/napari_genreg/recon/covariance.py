@@ -105,7 +105,11 @@ def _at_latent(model: VAE, latent: torch.Tensor, head: str) -> _AtLatent:
         mean, covariance = model.decoder(model._check_latent(latent), head)
     entry = _AtLatent(weakref.ref(model), mean, covariance)
     with _AT_LATENT_LOCK:
-        entry = _AT_LATENT.setdefault(key, entry)  # another thread may have been first
+        first = _AT_LATENT.get(key)  # another thread may have been first
+        if first is not None and first.model() is model:
+            entry = first
+        else:  # none, or a dead model's whose id this model now has: replace it
+            _AT_LATENT[key] = entry
         _AT_LATENT.move_to_end(key)
         while len(_AT_LATENT) > _AT_LATENT_SIZE:
             _AT_LATENT.popitem(last=False)
