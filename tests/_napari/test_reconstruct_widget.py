@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from dataclasses import replace
@@ -112,7 +113,7 @@ def test_two_regularisers_end_to_end(sample, qtbot):
 
     def on_event(event):
         if isinstance(event, session.IterationEvent) and not at_first_iteration:
-            names = [layer.name for layer in viewer.layers]
+            names = [layer.name for layer in viewer.layers if layer.visible]
             at_first_iteration.append((names, grid(viewer).enabled))
 
     widget.run_button.click()
@@ -127,7 +128,7 @@ def test_two_regularisers_end_to_end(sample, qtbot):
     # kept: the previews and then the result replace its data
     assert added == names and removed == []
     layers_then, grid_then = at_first_iteration[0]
-    assert layers_then[-2:] == names and grid_then
+    assert layers_then[-2:] == names and grid_then  # shown in their cells
     assert [layer.name for layer in viewer.layers][-2:] == names
     assert widget.table.rowCount() == 2
     for row, name in enumerate(names):
@@ -288,6 +289,29 @@ def test_a_cancelled_run_leaves_grid_mode_as_the_run_found_it(sample, qtbot):
     assert "tv · poisson 4x" not in viewer.layers  # the cancelled method's layer is gone
     assert "zero-filled · poisson 4x" in viewer.layers
     assert grid(viewer).enabled and not viewer.layers["brain k-space"].visible
+
+
+def test_the_heap_is_frozen_during_a_run_and_thawed_after_it(sample, qtbot):
+    viewer, widget = sample
+    gc.unfreeze()
+    widget.set_methods(["tv"])
+    widget.iterations_spin.setValue(20)
+    frozen = []
+    with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS):
+        widget.run_button.click()
+        widget.worker.yielded.connect(lambda _: frozen.append(gc.get_freeze_count()))
+    assert frozen and min(frozen) > 0  # a full collection skips napari's objects
+    assert gc.get_freeze_count() == 0
+
+    # a dock closed during a run thaws it too
+    widget.iterations_spin.setValue(200_000)
+    widget.run_button.click()
+    worker = widget.worker
+    qtbot.waitUntil(lambda: len(widget.history.get("tv", [])) >= 3, timeout=TIMEOUT_MS)
+    assert gc.get_freeze_count() > 0
+    viewer.window.remove_dock_widget("all")
+    widget.deleteLater()  # what Qt does once nothing holds the closed dock
+    qtbot.waitUntil(lambda: gc.get_freeze_count() == 0 and not worker.is_running, timeout=TIMEOUT_MS)
 
 
 @pytest.fixture(scope="module")

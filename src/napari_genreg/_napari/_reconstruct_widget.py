@@ -11,7 +11,9 @@ Keeping the event loop free during a run: the worker's events are only recorded,
 most every :data:`~._session.REFRESH_INTERVAL`; the napari calls that take 100 ms or more
 (adding a layer, switching grid mode on) are made before the first iteration, while the worker
 waits, one per event-loop turn; during the iterations, previews and results only replace the
-data of those layers.
+data of those layers. While a run goes on, Python's cycle collector leaves alone the objects
+that existed when it started (:class:`~._viewer.HeapHold`): a full collection of napari's heap
+blocks for 100-300 ms.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from qtpy.QtWidgets import (
 
 from napari_genreg._napari import _session as session
 from napari_genreg._napari._plot import ConvergencePlot
-from napari_genreg._napari._viewer import StepQueue, grid, scrolling_layout
+from napari_genreg._napari._viewer import HeapHold, StepQueue, grid, scrolling_layout
 from napari_genreg.physics.masks import MASKS
 
 if TYPE_CHECKING:
@@ -141,6 +143,8 @@ class ReconstructWidget(QWidget):
         self._curve_labels: dict[str, str] = {}
         self._laid_out = threading.Event()
         self._stop_worker: Callable[..., None] | None = None
+        #: Python's cycle collector kept off the older objects while a run goes on.
+        self._heap_hold: HeapHold | None = None
         #: Whether the current (or last) run switched grid mode on.
         self._grid_by_run = False
         self._mask_source: Any = None
@@ -699,9 +703,13 @@ class ReconstructWidget(QWidget):
         worker.finished.connect(self._on_finished)
         self.worker = worker
 
+        # a full collection of napari's heap would block the GUI thread for 100-300 ms
+        self._heap_hold = hold = HeapHold()
+
         def stop(*_: Any) -> None:  # the dock closes: stop computing
             laid_out.set()
             worker.quit()
+            hold.release()
 
         self._stop_worker = stop
         self.destroyed.connect(stop)
@@ -745,8 +753,8 @@ class ReconstructWidget(QWidget):
             self._on_method_finished(event.result)
 
     def _lay_out(self, shape: tuple[int, int]) -> None:
-        """While the worker waits: one layer per method, then grid mode (when asked for), one
-        napari call per event-loop turn; then the worker goes on."""
+        """While the worker waits: one layer per method (added hidden, then shown), then grid
+        mode (when asked for), one napari call per event-loop turn; then the worker goes on."""
         for method, name in self._names.items():
             self._steps.add(lambda m=method, n=name: self._add_run_layer(m, n, shape))
         if self.grid_check.isChecked():
@@ -763,7 +771,18 @@ class ReconstructWidget(QWidget):
         if self._laid_out.is_set():  # cancelled meanwhile
             return
         data = session.run_layer(name, shape, self._display_range, self._scale)
-        self._run_layers[method] = self.viewer.add_layer(_layer_from(data))
+        layer = _layer_from(data)
+        # added hidden, shown in the next turn: in grid mode a layer that takes a cell makes
+        # napari rebuild its grid of views (20-70 ms here, benchmarks/event_loop_latency.py),
+        # a hidden one takes none; one turn each instead of both in one
+        layer.visible = False
+        self._run_layers[method] = self.viewer.add_layer(layer)
+        self._steps.add_next(lambda: self._show_run_layer(method))
+
+    def _show_run_layer(self, method: str) -> None:
+        layer = self._run_layer(method)
+        if layer is not None and not self._laid_out.is_set():
+            layer.visible = True
 
     def _run_layer(self, method: str) -> Any:
         """The layer of ``method`` in this run, or ``None`` (not made, or deleted by the user)."""
@@ -922,6 +941,9 @@ class ReconstructWidget(QWidget):
         if self.worker is not None:
             self.destroyed.disconnect(self._stop_worker)
         self._stop_worker = None  # it holds the worker, and the worker its generator
+        if self._heap_hold is not None:
+            self._heap_hold.release()
+            self._heap_hold = None
         self.worker = None
         self._update_run_button()
         if not (self._failed or self._cancelled):

@@ -1,0 +1,59 @@
+"""What both dock widgets share: the heap hold (the step queue and the scroll area are exercised
+through the widgets' tests)."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+
+pytest.importorskip("napari")
+
+from napari_genreg._napari._viewer import HeapHold  # noqa: E402
+
+
+@pytest.fixture
+def thawed():
+    """A heap that nobody froze, and that is left unfrozen."""
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+def test_a_hold_freezes_the_heap_until_the_last_release(thawed):
+    kept = [object() for _ in range(3)]  # noqa: F841 - tracked objects that exist now
+    first = HeapHold()
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    second = HeapHold()  # a second run: the heap is not frozen again
+    assert gc.get_freeze_count() == frozen
+    first.release()
+    first.release()  # a second release of the same hold does nothing
+    assert gc.get_freeze_count() == frozen
+    second.release()
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_heap_frozen_by_someone_else_stays_frozen(thawed):
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    hold = HeapHold()
+    hold.release()
+    assert gc.get_freeze_count() == frozen
+
+
+def test_what_dies_during_a_hold_is_collected_after_it(thawed):
+    class Node:
+        pass
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a  # a cycle that exists when the hold is taken
+    alive = weakref.ref(a)
+    hold = HeapHold()
+    del a, b  # garbage now, but frozen: the collector does not look at it
+    gc.collect()
+    assert alive() is not None
+    hold.release()
+    gc.collect()
+    assert alive() is None
