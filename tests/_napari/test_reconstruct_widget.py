@@ -311,7 +311,9 @@ def test_the_heap_is_frozen_during_a_run_and_thawed_after_it(sample, qtbot):
     assert gc.get_freeze_count() > 0
     viewer.window.remove_dock_widget("all")
     widget.deleteLater()  # what Qt does once nothing holds the closed dock
-    qtbot.waitUntil(lambda: gc.get_freeze_count() == 0 and not worker.is_running, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(
+        lambda: gc.get_freeze_count() == 0 and not worker.is_running, timeout=TIMEOUT_MS
+    )
 
 
 @pytest.fixture(scope="module")

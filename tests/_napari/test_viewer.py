@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("napari")
 
-from napari_genreg._napari._viewer import HeapHold  # noqa: E402
+from napari_genreg._napari._viewer import HeapHold
 
 
 @pytest.fixture
