@@ -239,6 +239,15 @@ def _outside_the_gui(request) -> float:
     return sum(seconds)
 
 
+def _gl_renderer(viewer) -> str:
+    """The OpenGL renderer that draws the viewer's canvas (``llvmpipe ...``: in software)."""
+    from vispy.gloo import gl
+
+    canvas = viewer.window._qt_viewer.canvas._scene_canvas
+    canvas.set_current()
+    return str(gl.glGetParameter(gl.GL_RENDERER))
+
+
 def run(quick: bool) -> dict:
     import napari
     import torch
@@ -259,6 +268,7 @@ def run(quick: bool) -> dict:
     _, recon = viewer.window.add_plugin_dock_widget("napari-genreg", "Reconstruct")
     _, inspector = viewer.window.add_plugin_dock_widget("napari-genreg", "Covariance Inspector")
     wait(recon.is_ready, 120)
+    renderer = _gl_renderer(viewer)
     calls = Calls()
     for name in RECON_HANDLERS:
         calls.wrap(recon, name)
@@ -382,6 +392,8 @@ def run(quick: bool) -> dict:
     return {
         "settings": {
             "tick_ms": TICK_MS,
+            "gl_renderer": renderer,
+            "display": os.environ.get("DISPLAY", ""),
             "image": "sample brain 128 x 128, poisson 4x",
             "torch_threads": torch.get_num_threads(),
             "clicks": [list(p) for p in clicks],
@@ -456,8 +468,9 @@ def markdown(result: dict) -> str:
         "",
         f"Command: `{result['command']}`",
         "",
-        f"A {s['tick_ms']} ms QTimer in the GUI thread of the real window (1400 x 900, Xvfb, "
-        "software OpenGL: llvmpipe); a gap between two ticks is time the event loop could not "
+        f"A {s['tick_ms']} ms QTimer in the GUI thread of the real window (1400 x 900, X display "
+        f"`{s['display']}`, OpenGL renderer `{s['gl_renderer']}`); a gap between two ticks is "
+        "time the event loop could not "
         f"react. Target: no gap above 100 ms. {s['image']}, torch threads "
         f"{s['torch_threads']}. Runs of the Reconstruct widget, in this order, and the same "
         f"iterations in a thread with no GUI to serve: {runs}. After the first run, "
@@ -480,8 +493,8 @@ def markdown(result: dict) -> str:
         "*iterations* until the last result arrives; *results* until the widget is idle; "
         "*inspector prepares* until the Covariance Inspector has made its layers and warmed "
         "up the new latent. *Less drawing*: each gap less the time spent in the vispy "
-        "canvas's draw callbacks within it (`canvas draw`: the scene drawn with OpenGL, in "
-        "software here; Qt's compositing of the window is not in it and stays in the gap).",
+        "canvas's draw callbacks within it (`canvas draw`: the scene drawn by the OpenGL "
+        "renderer above; Qt's compositing of the window is not in it and stays in the gap).",
         "",
         f"Inspector click latency (click to layers updated, {s['inspector_options']}): first "
         f"click {ins['first_click_ms']} ms; later clicks median "
