@@ -422,7 +422,7 @@ preview; added hidden and shown in the next turn) and switches grid mode on, one
 per event-loop turn; the previews and then the result replace that layer's data. While the run
 goes on, the Reconstruct widget keeps Python's cycle collector off the objects that existed
 when it started (gc.freeze, undone when it ends): a full collection of the ~385 000 objects of
-a napari process takes 120-300 ms, and it comes after the run instead (the `gc gen 2` of
+a napari process takes 120-400 ms, and it comes after the run instead (the `gc gen 2` of
 *inspector prepares*). The Covariance Inspector makes its layers (hidden) once a
 reconstruction is chosen, its latent warmed up and no run going on; a click updates them (the
 first click shows each in a turn of its own). The convergence plot is painted with QPainter

@@ -22,7 +22,6 @@ def thawed():
 
 
 def test_a_hold_freezes_the_heap_until_the_last_release(thawed):
-    kept = [object() for _ in range(3)]  # noqa: F841 - tracked objects that exist now
     first = HeapHold()
     frozen = gc.get_freeze_count()
     assert frozen > 0

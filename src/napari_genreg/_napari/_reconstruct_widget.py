@@ -13,7 +13,7 @@ most every :data:`~._session.REFRESH_INTERVAL`; the napari calls that take 100 m
 waits, one per event-loop turn; during the iterations, previews and results only replace the
 data of those layers. While a run goes on, Python's cycle collector leaves alone the objects
 that existed when it started (:class:`~._viewer.HeapHold`): a full collection of napari's heap
-blocks for 100-300 ms.
+blocks for 100-400 ms.
 """
 
 from __future__ import annotations
@@ -703,7 +703,7 @@ class ReconstructWidget(QWidget):
         worker.finished.connect(self._on_finished)
         self.worker = worker
 
-        # a full collection of napari's heap would block the GUI thread for 100-300 ms
+        # a full collection of napari's heap would block the GUI thread for 100-400 ms
         self._heap_hold = hold = HeapHold()
 
         def stop(*_: Any) -> None:  # the dock closes: stop computing
@@ -773,7 +773,7 @@ class ReconstructWidget(QWidget):
         data = session.run_layer(name, shape, self._display_range, self._scale)
         layer = _layer_from(data)
         # added hidden, shown in the next turn: in grid mode a layer that takes a cell makes
-        # napari rebuild its grid of views (20-70 ms here, benchmarks/event_loop_latency.py),
+        # napari rebuild its grid of views (20-100 ms here, benchmarks/event_loop_latency.py),
         # a hidden one takes none; one turn each instead of both in one
         layer.visible = False
         self._run_layers[method] = self.viewer.add_layer(layer)

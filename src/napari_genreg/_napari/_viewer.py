@@ -33,7 +33,7 @@ class HeapHold:
 
     A napari process tracks about 400 000 objects (napari, its Qt wrappers, torch). A full
     collection scans all of them and blocks the thread that triggered it: the GUI thread, or
-    the worker while it holds the GIL, for 100-300 ms here (``gc gen 2`` in
+    the worker while it holds the GIL, for 100-400 ms here (``gc gen 2`` in
     ``benchmarks/event_loop_latency.py``). While a hold is in force the objects that existed
     when the first hold was taken are frozen (:func:`gc.freeze`): a collection only scans what
     was made since. The last release unfreezes them (:func:`gc.unfreeze`), so that what became
