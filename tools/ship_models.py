@@ -5,6 +5,7 @@ copies ``model.safetensors`` and ``config.json`` of each run folder (identity, d
 structured) to ``src/napari_genreg/models/builtin/<kind>/`` and writes ``MODEL_CARD.md`` beside
 them from the model's own config (training command, metrics) and the dataset manifest
 (sources, licences, split). The optimiser state of the runs is not shipped.
+``--only KIND=RUN_DIR`` (repeatable) ships just those kinds, each from its own folder.
 """
 
 from __future__ import annotations
@@ -22,10 +23,14 @@ def _initialised(config: dict) -> str:
     if not source:
         return ""
     if isinstance(source, dict):
+        what = (
+            "the shipped identity model, whose encoder and mean are its stage 1"
+            if Path(source["path"]).parts[-2:] == ("builtin", "identity")
+            else "the identity model's run after its stage 1"
+        )
         return (
-            f", starting from the encoder and mean of `{source['path']}` (the identity model's "
-            f"run after its stage 1, weights sha256 `{source['weights_sha256'][:16]}...`), so "
-            "the three models share one stage 1"
+            f", starting from the encoder and mean of `{source['path']}` ({what}, weights "
+            f"sha256 `{source['weights_sha256'][:16]}...`), so the three models share one stage 1"
         )
     return f", starting from the encoder and mean of `{source}`"
 
@@ -117,10 +122,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", required=True, type=Path)
     parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="KIND=RUN_DIR", help="ship only these"
+    )
     args = parser.parse_args()
     manifest = json.loads((args.data / "manifest.json").read_text())
-    for kind in ("identity", "diagonal", "structured"):
-        run = args.runs / kind
+    runs = {kind: args.runs / kind for kind in ("identity", "diagonal", "structured")}
+    if args.only:
+        runs = dict(item.split("=", 1) for item in args.only)
+    for kind, run in runs.items():
+        run = Path(run)
         config = json.loads((run / "config.json").read_text())
         dest = BUILTIN / kind
         dest.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import torch
 
 from napari_genreg.models.covariance import (
     MAX_DENSE_PIXELS,
+    SOLVE_GROWTH_LIMIT,
     Covariance,
     DiagonalCovariance,
     IdentityCovariance,
@@ -231,6 +232,25 @@ def test_structured_off_diagonals_pointing_outside_the_image_are_ignored():
     v = torch.randn(2, 4, 5, generator=torch.Generator().manual_seed(13), dtype=DTYPE)
     torch.testing.assert_close(other.factor_t(v), cov.factor_t(v))
     torch.testing.assert_close(other.solve_factor(v), cov.solve_factor(v))
+
+
+def test_an_unstable_factor_is_an_error_not_a_column():
+    """Weights beyond diagonal dominance can make the recursion explode: each pixel three times
+    its left neighbour grows by 3**15 across a row of 16; the solves say so."""
+    h, w = 4, 16
+    log_diagonal = torch.zeros(1, h, w, dtype=DTYPE)
+    off = torch.zeros(1, 4, h, w, dtype=DTYPE)
+    left = stencil_offsets(3).index((0, -1))
+    off[:, left] = -3.0  # L[i, i - 1] = -3: x_i = e_i + 3 x_{i-1}
+    unstable = StructuredCovariance(log_diagonal, off, 3)
+    with pytest.raises(FloatingPointError, match="unstable"):
+        unstable.column((0, 0))
+    with pytest.raises(FloatingPointError, match="unstable"):
+        unstable.sample(1, torch.Generator().manual_seed(0))
+    # beyond dominance but stable (each pixel 1.2 times its left neighbour: 1.2**15 = 15)
+    off[:, left] = -1.2
+    column = StructuredCovariance(log_diagonal, off, 3).column((0, 0))
+    assert torch.isfinite(column).all() and column.abs().max() < SOLVE_GROWTH_LIMIT
 
 
 def test_column_of_a_large_structured_image_matches_a_dense_column_of_the_precision_inverse():

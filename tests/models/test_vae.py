@@ -76,9 +76,17 @@ def test_structured_stencils(stencil, m):
     assert cov.stencil == stencil and cov.off_diagonal.shape == (1, m, 32, 32)
 
 
-def test_structured_rows_stay_diagonally_dominant_for_any_head_output():
-    """|sum_m w_m| <= sum_m |w_m| < alpha L_ii however large the raw outputs get."""
-    config = VAEConfig(covariance="structured", image_size=16, base_channels=4, max_channels=8)
+@pytest.mark.parametrize("alpha", [0.9, 2.5])
+def test_structured_rows_stay_within_their_bound_for_any_head_output(alpha):
+    """|sum_m w_m| <= sum_m |w_m| < alpha L_ii however large the raw outputs get (diagonally
+    dominant for alpha < 1)."""
+    config = VAEConfig(
+        covariance="structured",
+        image_size=16,
+        base_channels=4,
+        max_channels=8,
+        off_diagonal_bound=alpha,
+    )
     model = VAE(config)
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
@@ -88,7 +96,7 @@ def test_structured_rows_stay_diagonally_dominant_for_any_head_output():
     diagonal = torch.exp(cov.log_diagonal)
     ratio = cov.off_diagonal.abs().sum(dim=1) / diagonal
     assert ratio.max() < config.off_diagonal_bound
-    assert ratio.max() > 0.5  # the bound is reachable, not a tiny cone
+    assert ratio.max() > 0.5 * alpha  # the bound is reachable, not a tiny cone
     std = 1.0 / diagonal  # conditional standard deviations within [min_std, max_std]
     assert std.min() >= config.min_std * (1 - 1e-5) and std.max() <= config.max_std * (1 + 1e-5)
 
@@ -160,7 +168,9 @@ def test_config_round_trip_and_validation():
         {"image_size": 130},
         {"min_std": 0.0},
         {"min_std": 2.0},
-        {"off_diagonal_bound": 1.0},
+        {"off_diagonal_bound": 0.0},
+        {"off_diagonal_bound": 4.5},
+        {"off_diagonal_bound": float("nan")},
         {"downsamplings": 0},
         {"latent_channels": 1.5},
     ):

@@ -311,8 +311,13 @@ def test_init_from_shares_stage_one(reference_run, tmp_path):
     config, _ = reference_run
     donor = replace(config, out=tmp_path / "identity", covariance="identity", epochs=2)
     list(train(replace(donor, stage_epochs=None)))
-    run = replace(
-        config, out=tmp_path / "structured", epochs=1, stage_epochs=None, init_from=donor.out
+    run = replace(  # a head with another bound than the donor's (beyond diagonal dominance)
+        config,
+        out=tmp_path / "structured",
+        epochs=1,
+        stage_epochs=None,
+        init_from=donor.out,
+        off_diagonal_bound=2.5,
     )
     states = list(train(run))
     assert [(s.epoch, s.stage) for s in states] == [(1, 2)]
@@ -327,6 +332,8 @@ def test_init_from_shares_stage_one(reference_run, tmp_path):
     assert card.training["initialised_from"]["covariance"] == "identity"
     assert card.training["init_from"] == str(donor.out)
     assert f"--init-from {donor.out}" in replace(run, command=None).command_line()
+    assert card.config.off_diagonal_bound == 2.5
+    assert "--off-diagonal-bound 2.5" in replace(run, command=None).command_line()
     with pytest.raises(ValueError, match="architecture differs"):
         next(train(replace(run, out=tmp_path / "wide", base_channels=8)))
 
@@ -350,7 +357,8 @@ def test_train_config_validation(prepared, tmp_path):
     )
     assert TrainConfig(data=".", out=".", epochs=30).mean_epochs == 20
     assert TrainConfig(data=".", out=".", epochs=2).mean_epochs == 1
-    for bad in ({"size": 36}, {"stencil": 4}, {"covariance": "full"}, {"lr": 0.0}):
+    bad_settings = ({"size": 36}, {"stencil": 4}, {"covariance": "full"}, {"lr": 0.0})
+    for bad in (*bad_settings, {"off_diagonal_bound": 5.0}):
         with pytest.raises(ValueError):
             _config(prepared, tmp_path, **bad)
     with pytest.raises(ValueError, match="are 32 x 32"):

@@ -51,6 +51,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +74,9 @@ __all__ = [
 
 #: Largest number of pixels ``N = H W`` for which :meth:`Covariance.dense` builds ``(B, N, N)``.
 MAX_DENSE_PIXELS = 4096
+#: Largest growth of a triangular solve with the structured factor before it counts as unstable
+#: (a diagonally dominant factor with the default bound 0.9 grows by at most 10).
+SOLVE_GROWTH_LIMIT = 1e4
 
 # Upper bound on the elements of one chunk of dense within-row matrices ``(B, h, W, W)``.
 _ROW_CHUNK_ELEMENTS = 1 << 18
@@ -942,6 +946,30 @@ class StructuredCovariance(_CovarianceBase):
         x = self._substitute(rhs, transpose, first_row)
         return x.movedim(1, 0).reshape(*lead, b, h, w)
 
+    def _check_growth(self, e: Tensor, x: Tensor) -> None:
+        r"""Raise when ``x = L^{-1} e`` (or ``L^{-T} e``) grew more than a stable factor allows.
+
+The growth is :math:`\max|x| \min L_{ii} / \max|e|`. With every row's off-diagonal
+        magnitudes below ``alpha < 1`` times its diagonal, the forward solve gives
+        :math:`\max|x| \le \max|e| / ((1 - \alpha) \min L_{ii})`: a growth of at most 10 for
+        ``alpha = 0.9`` (the back substitution is bounded alike when neighbouring rows have
+        similar weights). A factor trained with a bound above 1 has no guarantee; the largest
+        growth of the shipped one on validation slices is in
+        ``benchmarks/results/covariance_signs.md``.
+        """
+        top = float(e.detach().abs().max())
+        if top == 0.0:
+            return
+        smallest = float(torch.exp(self.log_diagonal.detach().min()))
+        growth = float(x.detach().abs().max()) * smallest / top
+        if not math.isfinite(growth) or growth > SOLVE_GROWTH_LIMIT:
+            raise FloatingPointError(
+                f"the triangular solve with the structured covariance factor grew by {growth:.3g} "
+                f"(more than {SOLVE_GROWTH_LIMIT:g}): the factor is unstable at this latent; "
+                "its off-diagonal weights exceed diagonal dominance (a model trained with "
+                "off_diagonal_bound above 1)"
+            )
+
     def _coupling(self, transpose: bool) -> Tensor:
         """Weights of the solved rows in a row's right-hand side, ``(B, H, R, W, 2R + 1)``.
 
@@ -994,7 +1022,8 @@ class StructuredCovariance(_CovarianceBase):
 
         ``transpose=False`` solves :math:`L x = e` from row ``first_row`` down (rows above
         ``first_row`` of ``rhs`` must be zero; their solution is zero). ``transpose=True``
-        solves :math:`L^T x = e` from the bottom row up.
+        solves :math:`L^T x = e` from the bottom row up. Raises ``FloatingPointError`` when the
+        solution grew beyond :data:`SOLVE_GROWTH_LIMIT` (:meth:`_check_growth`).
         """
         b, k, h, w = rhs.shape
         r = self.radius
@@ -1022,7 +1051,9 @@ class StructuredCovariance(_CovarianceBase):
                 solved[y] = x
                 window = [torch.cat([margin, x, margin], dim=-1), *window[:-1]]
         zeros = rhs.new_zeros(b, k, w)
-        return torch.stack([zeros if s is None else s for s in solved], dim=2)
+        x = torch.stack([zeros if s is None else s for s in solved], dim=2)
+        self._check_growth(rhs, x)
+        return x
 
     # -- derived quantities ------------------------------------------------------------------
 

@@ -60,6 +60,15 @@ stable in float32 (forward substitution amplifies by at most :math:`1 / (1 - \al
 a per-weight bound :math:`\alpha \tanh(u_m) / M`, a single neighbour can carry the whole budget
 (a strong correlation along one direction, as across an edge).
 
+A bound :math:`\alpha < 1` also keeps the learned covariance nearly free of negative entries on
+smooth training images: the conditional regression of their residuals on the stencil needs
+magnitudes summing to about 3, with negative coefficients beside the positive ones
+(``benchmarks/results/covariance_signs.md``), and a diagonally dominant head spends its budget on
+the positive ones. ``off_diagonal_bound`` may therefore be set up to
+:data:`MAX_OFF_DIAGONAL_BOUND`: above 1 the solves are no longer stable by construction, so they
+check their own amplification and raise when a factor is unstable at some latent
+(:data:`~napari_genreg.models.covariance.SOLVE_GROWTH_LIMIT`).
+
 Size
 ----
 With the defaults: 291,802 parameters (identity), 294,267 (diagonal), 294,847 / 296,007 /
@@ -114,6 +123,9 @@ ARCHITECTURE = "conv-vae-v1"
 COVARIANCE_KINDS = ("identity", "diagonal", "structured")
 #: The stencil widths of the structured head.
 STENCILS = (3, 5, 7)
+#: The largest ``off_diagonal_bound`` accepted (bounds above 1 trade the guaranteed stability of
+#: the triangular solves for a checked one).
+MAX_OFF_DIAGONAL_BOUND = 4.0
 
 
 def _positive_int(value: object, name: str, low: int, high: int) -> int:
@@ -154,8 +166,9 @@ class VAEConfig:
     min_std, max_std
         bounds of every predicted (conditional) standard deviation, ``0 < min_std < max_std``.
     off_diagonal_bound
-        :math:`\\alpha` in ``(0, 1)``: the off-diagonal weights of a row of the structured factor
-        sum in absolute value to less than ``alpha`` times its diagonal.
+        :math:`\\alpha` in ``(0, MAX_OFF_DIAGONAL_BOUND]``: the off-diagonal weights of a row of
+        the structured factor sum in absolute value to less than ``alpha`` times its diagonal
+        (below 1: stable solves by construction; above: checked, see the module's notes).
     """
 
     covariance: str = "structured"
@@ -191,8 +204,10 @@ class VAEConfig:
         if not 0.0 < low < high:
             raise ValueError(f"need 0 < min_std < max_std, got {low} and {high}")
         alpha = _finite_float(self.off_diagonal_bound, "off_diagonal_bound")
-        if not 0.0 < alpha < 1.0:
-            raise ValueError(f"off_diagonal_bound must lie in (0, 1), got {alpha}")
+        if not 0.0 < alpha <= MAX_OFF_DIAGONAL_BOUND:
+            raise ValueError(
+                f"off_diagonal_bound must lie in (0, {MAX_OFF_DIAGONAL_BOUND}], got {alpha}"
+            )
         object.__setattr__(self, "min_std", low)
         object.__setattr__(self, "max_std", high)
         object.__setattr__(self, "off_diagonal_bound", alpha)

@@ -117,6 +117,7 @@ _RESUME_KEYS = (
     "seed",
     "base_channels",
     "latent_channels",
+    "off_diagonal_bound",
 )
 BITS_CONVENTION = (
     "negative ELBO (KL weight 1, one latent sample) / (N ln 2): an upper bound on -log2 p(x) per "
@@ -152,6 +153,10 @@ class TrainConfig:
         ``"identity"``, ``"diagonal"`` or ``"structured"``.
     stencil
         3, 5 or 7: the structured head's stencil.
+    off_diagonal_bound
+        the structured head's bound on each row's off-diagonal magnitudes, relative to its
+        diagonal (:class:`~napari_genreg.models.vae.VAEConfig`; below 1 the factor is diagonally
+        dominant).
     size
         the image side the data were prepared at (and the model's ``image_size``).
     epochs
@@ -189,6 +194,7 @@ class TrainConfig:
     out: Path
     covariance: str = "structured"
     stencil: int = 5
+    off_diagonal_bound: float = 0.9
     size: int = 128
     epochs: int = 30
     stage_epochs: int | None = None
@@ -259,6 +265,7 @@ class TrainConfig:
             image_size=self.size,
             base_channels=self.base_channels,
             latent_channels=self.latent_channels,
+            off_diagonal_bound=self.off_diagonal_bound,
         )
 
     def command_line(self, world_size: int = 1) -> str:
@@ -281,6 +288,7 @@ class TrainConfig:
             "--data": self.data,
             "--covariance": self.covariance,
             "--stencil": self.stencil,
+            "--off-diagonal-bound": self.off_diagonal_bound,
             "--size": self.size,
             "--epochs": self.epochs,
             "--stage-epochs": self.mean_epochs,
@@ -748,10 +756,15 @@ def _initialise_from(model: VAE, source: Path) -> dict[str, Any]:
 
     donor, card = load_model(source)
     own = model.config
-    if replace(card.config, covariance=own.covariance, stencil=own.stencil) != own:
+    head_settings = {
+        "covariance": own.covariance,
+        "stencil": own.stencil,
+        "off_diagonal_bound": own.off_diagonal_bound,
+    }
+    if replace(card.config, **head_settings) != own:
         raise ValueError(
             f"--init-from {source}: its architecture differs from this run's ({card.config} vs "
-            f"{own}); only the covariance head and stencil may differ"
+            f"{own}); only the covariance head (kind, stencil, off-diagonal bound) may differ"
         )
     head = "decoder.covariance_head."
     tensors = {k: v for k, v in donor.state_dict().items() if not k.startswith(head)}
@@ -768,7 +781,8 @@ def _initialise_from(model: VAE, source: Path) -> dict[str, Any]:
 
 
 def _check_resume(config: TrainConfig, record: dict[str, Any], world_size: int) -> None:
-    saved = record.get("settings") or {}
+    # runs saved before the bound was a setting had the default
+    saved = {"off_diagonal_bound": 0.9, **(record.get("settings") or {})}
     current = config.to_dict()
     differ = [k for k in _RESUME_KEYS if saved.get(k) != current.get(k)]
     if differ:
@@ -928,6 +942,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stencil", type=int, default=5, choices=(3, 5, 7), help="structured stencil (default 5)"
     )
+    parser.add_argument(
+        "--off-diagonal-bound",
+        type=float,
+        default=0.9,
+        help="structured head: bound on a row's off-diagonal weights relative to its diagonal "
+        "(default 0.9: diagonally dominant, stable solves by construction; up to 4, checked)",
+    )
     parser.add_argument("--size", type=int, default=128, help="image side (default 128)")
     parser.add_argument("--epochs", type=int, default=30, help="total epochs (default 30)")
     parser.add_argument(
@@ -970,6 +991,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         out=Path(args.out),
         covariance=args.covariance,
         stencil=args.stencil,
+        off_diagonal_bound=args.off_diagonal_bound,
         size=args.size,
         epochs=args.epochs,
         stage_epochs=args.stage_epochs,
