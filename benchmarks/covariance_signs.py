@@ -68,24 +68,32 @@ def main() -> None:
                     "pixel": [row, col],
                     "largest_negative": float(view.negative.max()),
                     "largest_entry": float(np.abs(view.column).max()),
+                    # the inspector's blue layer against its red one
+                    "negative_over_positive": float(view.negative.sum() / view.positive.sum()),
                 }
             )
-    weights = _relative_weights(model, result.latent)
+    weights, used = _relative_weights(model, result.latent)
     lags = _residual_statistics(model, Path(args.data) / "train.npy")
+    growth = _solve_growth(model, Path(args.data) / "val.npy")
     out = {
         "command": command_line(),
         "machine": info,
         "rows": rows,
+        "model": result.model,
+        "off_diagonal_bound": model.config.off_diagonal_bound,
         "relative_weights": weights,
+        "mean_sum_of_magnitudes": used,
         "residuals": lags,
+        "solve_growth": growth,
     }
-    text = _report(result, rows, weights, lags, info)
+    text = _report(result, rows, weights, used, model.config.off_diagonal_bound, lags, growth, info)
     write_results(NAME, out, text)
     print(text)
 
 
-def _relative_weights(model, latent) -> list[dict]:
-    """Per stencil offset, the mean over pixels of off-diagonal weight / diagonal at ``latent``."""
+def _relative_weights(model, latent) -> tuple[list[dict], float]:
+    """Per stencil offset, the mean over pixels of off-diagonal weight / diagonal at ``latent``;
+    and the mean over pixels of the sum of their magnitudes (what the bound limits)."""
     import torch
 
     from napari_genreg.models.covariance import stencil_offsets
@@ -93,10 +101,11 @@ def _relative_weights(model, latent) -> list[dict]:
     with torch.no_grad():
         _, covariance = model.decode(torch.as_tensor(latent)[None])
     relative = covariance.off_diagonal[0] / torch.exp(covariance.log_diagonal[0])[None]
-    return [
+    weights = [
         {"offset": list(offset), "mean": float(relative[m].mean())}
         for m, offset in enumerate(stencil_offsets(covariance.stencil))
     ]
+    return weights, float(relative.abs().sum(dim=0).mean())
 
 
 def _residual_statistics(model, path: Path, count: int = 200) -> dict:
@@ -168,10 +177,53 @@ def _residual_statistics(model, path: Path, count: int = 200) -> dict:
     return stats
 
 
-def _report(result, rows, weights, lags, info) -> str:
+def _solve_growth(model, path: Path, count: int = 14) -> dict:
+    """The growth of the triangular solves (what ``StructuredCovariance`` checks against
+    ``SOLVE_GROWTH_LIMIT``): ``max|x| min L_ii / max|e|`` for ``x = L^-1 e`` and ``L^-T x`` of
+    the unit vector at every 12th object pixel, and for ``L^-T eps`` (4 samples), at the
+    encoder's mean latent of ``count`` validation slices (held-out subject)."""
+    import numpy as np
+    import torch
+
+    images = np.load(path, mmap_mode="r")
+    step = max(1, len(images) // count)
+    growths = []
+
+    def growth(e, x, covariance) -> float:
+        return float(x.abs().max() * torch.exp(covariance.log_diagonal.min()) / e.abs().max())
+
+    with torch.no_grad():
+        for image in images[::step][:count]:
+            x = torch.as_tensor(np.asarray(image, dtype=np.float32))[None, None]
+            mu, _ = model.encode(x)
+            _, covariance = model.decode(mu)
+            h, w = image.shape
+            for row in range(8, h, 12):
+                for col in range(8, w, 12):
+                    if image[row, col] < 0.1:
+                        continue
+                    e = torch.zeros(1, h, w)
+                    e[0, row, col] = 1.0
+                    half = covariance.solve_factor(e)
+                    growths += [growth(e, half, covariance)]
+                    growths += [growth(half, covariance.solve_factor_t(half), covariance)]
+            eps = torch.randn(4, 1, h, w, generator=torch.Generator().manual_seed(0))
+            growths.append(growth(eps, covariance.solve_factor_t(eps), covariance))
+    return {
+        "slices": min(count, len(images[::step])),
+        "solves": len(growths),
+        "median": float(np.median(growths)),
+        "largest": float(max(growths)),
+    }
+
+
+def _report(result, rows, weights, used, alpha, lags, growth, info) -> str:
+    import numpy as np
+
     negative = max(r["largest_negative"] for r in rows)
     largest = max(r["largest_entry"] for r in rows)
     with_negative = sum(r["largest_negative"] > 0 for r in rows)
+    ratios = [r["negative_over_positive"] for r in rows]
     budget = sum(abs(w["mean"]) for w in weights)
     reg = lags["regression"]
     return "\n".join(
@@ -180,13 +232,20 @@ def _report(result, rows, weights, lags, info) -> str:
             "",
             f"Command: `{command_line()}` ({machine_line(info)})",
             "",
-            "The demo slice (sample middle slice, Poisson 4x, noise 0.01), vae-structured with its "
-            f"defaults (PSNR {result.metrics.psnr:.2f} dB); the covariance column at "
-            f"{len(rows)} pixels (every 12th row and column).",
+            f"Model `{result.model}` (off-diagonal bound {alpha:g}). The demo slice (sample "
+            "middle slice, Poisson 4x, noise 0.01), vae-structured with its defaults (PSNR "
+            f"{result.metrics.psnr:.2f} dB); the covariance column at {len(rows)} pixels (every "
+            "12th row and column).",
             "",
             f"- pixels whose column has any negative entry: {with_negative} of {len(rows)}",
             f"- largest negative entry over all columns: {negative:.3g}",
             f"- largest entry over all columns: {largest:.3g}",
+            "- negative part over positive part of a column (sums; the inspector's blue layer "
+            f"against its red one): median {np.median(ratios):.3g}, largest {max(ratios):.3g}",
+            f"- growth of the triangular solves on {growth['slices']} validation slices "
+            f"({growth['solves']} solves: unit vectors at object pixels, both factors, and "
+            f"samples): median {growth['median']:.3g}, largest {growth['largest']:.3g} (the "
+            "solves raise above 1e4; a bound below 1 guarantees at most 1 / (1 - bound))",
             "",
             "Why. A Gaussian with precision L L^T (L lower triangular, raster order) predicts each "
             "pixel from the pixels after it; for a stationary field that is the same as from the "
@@ -205,9 +264,11 @@ def _report(result, rows, weights, lags, info) -> str:
             ),
             f"| sum of magnitudes | {budget:.2f} | {reg['sum_of_magnitudes']:.2f} |",
             "",
-            "The head bounds the sum of magnitudes below 0.9 per pixel (every row of L diagonally "
-            "dominant, so that the triangular solves stay stable); the residuals' own regression "
-            "needs several times that, with negative coefficients beside the positive ones.",
+            f"The head bounds each pixel's sum of magnitudes below {alpha:g} (below 1: every row "
+            "of L diagonally dominant, the triangular solves stable by construction); at that "
+            f"latent it uses {used:.2f} on average over the pixels. The residuals' own regression "
+            f"needs {reg['sum_of_magnitudes']:.2f}, with negative coefficients beside the "
+            "positive ones.",
             "",
             "Correlation of the residuals, over the whole image and across edges (the pixels of "
             "a pair on either side of one of the 10 % strongest steps of the object along the "
