@@ -950,12 +950,12 @@ class StructuredCovariance(_CovarianceBase):
         r"""Raise when ``x = L^{-1} e`` (or ``L^{-T} e``) grew more than a stable factor allows.
 
         The growth is :math:`\max|x| \min L_{ii} / \max|e|`. With every row's off-diagonal
-                magnitudes below ``alpha < 1`` times its diagonal, the forward solve gives
-                :math:`\max|x| \le \max|e| / ((1 - \alpha) \min L_{ii})`: a growth of at most 10 for
-                ``alpha = 0.9`` (the back substitution is bounded alike when neighbouring rows have
-                similar weights). A factor trained with a bound above 1 has no guarantee; the largest
-                growth of the shipped one on validation slices is in
-                ``benchmarks/results/covariance_signs.md``.
+        magnitudes below ``alpha < 1`` times its diagonal, the forward solve gives
+        :math:`\max|x| \le \max|e| / ((1 - \alpha) \min L_{ii})`: a growth of at most 10 for
+        ``alpha = 0.9`` (the back substitution is bounded alike when neighbouring rows have
+        similar weights). A factor trained with a bound above 1 has no guarantee; the largest
+        growth of the shipped one on validation slices is in
+        ``benchmarks/results/covariance_signs.md``.
         """
         top = float(e.detach().abs().max())
         if top == 0.0:
