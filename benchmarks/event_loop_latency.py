@@ -431,11 +431,11 @@ first click shows each in a turn of its own). The convergence plot is painted wi
 What remains above 100 ms, all outside the iterations and the clicks that follow the first, is
 mostly `canvas draw`: the first drawing after napari's first progress bar, after a layer is
 added or shown, after grid mode is switched on (new vispy views and visuals, their shaders
-compiled) and after the first click's overlays, 60-180 ms each in software. Less the drawing,
-at most one gap per run stays above 100 ms, in the runs after the first (100-140 ms): where a
-run layer is shown in a grid that already holds results, napari rebuilds its grid of vispy
-views (`napari grid rebuild`, 10-15 ms per cell, in Python) and redraws; where one is added to
-a viewer with more layers, napari builds its layer controls and vispy visual (about 60 ms).
+compiled) and after the first click's overlays, 60-240 ms each in software. Less the drawing,
+one or two gaps per run stay above 100 ms in the runs after the first (100-150 ms): where a
+run layer is shown in a grid that grows, napari rebuilds its grid of vispy views (`napari
+grid rebuild`, 10-20 ms per cell, in Python) and redraws; where one is added to a viewer with
+more layers, napari builds its layer controls and vispy visual (60-75 ms).
 napari's first progress bar of a session builds its activity dock (60-80 ms).
 
 The last two runs measure what napari's progress bar costs the solver: once with the bar
