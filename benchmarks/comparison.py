@@ -163,7 +163,9 @@ def summarise(rows: list[dict], runs: list[dict]) -> str:
         f"{', '.join(map(str, slices))}. Each method uses its automatic weight and default "
         "iterations; nothing was tuned on these slices. Noise sigma relative to the image "
         "maximum. Caveat: the automatic weight of the vae-* methods was measured on three "
-        "slices of the same subject (benchmarks/results/generative_lambda.md).",
+        "slices of the same subject (benchmarks/results/generative_lambda.md), and the "
+        "structured prior's off-diagonal bound was chosen by its validation bound on this "
+        "subject (README, Generative priors).",
         "",
     ]
     for key, label, fmt in (

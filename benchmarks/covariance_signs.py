@@ -245,7 +245,8 @@ def _report(result, rows, weights, used, alpha, lags, growth, info) -> str:
             f"- growth of the triangular solves on {growth['slices']} validation slices "
             f"({growth['solves']} solves: unit vectors at object pixels, both factors, and "
             f"samples): median {growth['median']:.3g}, largest {growth['largest']:.3g} (the "
-            "solves raise above 1e4; a bound below 1 guarantees at most 1 / (1 - bound))",
+            "solves raise above 1e4; a bound below 1 guarantees at most 1 / (1 - bound) in the "
+            "forward solve)",
             "",
             "Why. A Gaussian with precision L L^T (L lower triangular, raster order) predicts each "
             "pixel from the pixels after it; for a stationary field that is the same as from the "

@@ -127,8 +127,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     manifest = json.loads((args.data / "manifest.json").read_text())
-    runs = {kind: args.runs / kind for kind in ("identity", "diagonal", "structured")}
+    kinds = ("identity", "diagonal", "structured")
+    runs = {kind: args.runs / kind for kind in kinds}
     if args.only:
+        if any(item.partition("=")[0] not in kinds or "=" not in item for item in args.only):
+            parser.error(f"--only takes KIND=RUN_DIR with KIND one of {', '.join(kinds)}")
         runs = dict(item.split("=", 1) for item in args.only)
     for kind, run in runs.items():
         run = Path(run)

@@ -10,15 +10,18 @@ import pytest
 
 pytest.importorskip("napari")
 
+from napari_genreg._napari import _viewer
 from napari_genreg._napari._viewer import HeapHold
 
 
 @pytest.fixture
 def thawed():
-    """A heap that nobody froze, and that is left unfrozen."""
+    """A heap that nobody froze and no hold is in force on, and that is left so."""
     gc.unfreeze()
+    assert _viewer._holds["count"] == 0, "a hold leaked from an earlier test"
     yield
     gc.unfreeze()
+    _viewer._holds.update(count=0, froze=False)
 
 
 def test_a_hold_freezes_the_heap_until_the_last_release(thawed):

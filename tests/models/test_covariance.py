@@ -19,6 +19,7 @@ from napari_genreg.models.covariance import (
     DiagonalCovariance,
     IdentityCovariance,
     StructuredCovariance,
+    UnstableFactorError,
     split_signs,
     stencil_offsets,
 )
@@ -247,6 +248,19 @@ def test_an_unstable_factor_is_an_error_not_a_column():
         unstable.column((0, 0))
     with pytest.raises(FloatingPointError, match="unstable"):
         unstable.sample(1, torch.Generator().manual_seed(0))
+    with pytest.raises(FloatingPointError, match="unstable"):
+        unstable.variance()
+    # batched with a stable factor whose right-hand side is far larger: still caught
+    both = StructuredCovariance(
+        log_diagonal.repeat(2, 1, 1), torch.cat([torch.zeros_like(off), off]), 3
+    )
+    rhs = torch.zeros(2, h, w, dtype=DTYPE)
+    rhs[0, 0, 0], rhs[1, 0, 0] = 1e12, 1.0
+    with pytest.raises(UnstableFactorError, match="grew by"):
+        both.solve_factor(rhs)
+    assert issubclass(UnstableFactorError, ValueError)  # the CLI and the GUI report it
+    with pytest.raises(ValueError, match="non-finite"):
+        both.solve_factor(torch.full((2, h, w), math.nan, dtype=DTYPE))
     # beyond dominance but stable (each pixel 1.2 times its left neighbour: 1.2**15 = 15)
     off[:, left] = -1.2
     column = StructuredCovariance(log_diagonal, off, 3).column((0, 0))

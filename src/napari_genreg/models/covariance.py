@@ -68,6 +68,7 @@ __all__ = [
     "DiagonalCovariance",
     "IdentityCovariance",
     "StructuredCovariance",
+    "UnstableFactorError",
     "split_signs",
     "stencil_offsets",
 ]
@@ -77,6 +78,20 @@ MAX_DENSE_PIXELS = 4096
 #: Largest growth of a triangular solve with the structured factor before it counts as unstable
 #: (a diagonally dominant factor with the default bound 0.9 grows by at most 10).
 SOLVE_GROWTH_LIMIT = 1e4
+
+
+class UnstableFactorError(FloatingPointError, ValueError):
+    """A structured factor whose triangular solves explode at this latent (a model trained
+    with an off-diagonal bound above 1: its stability is checked, not guaranteed)."""
+
+
+def _unstable(what: str) -> None:
+    raise UnstableFactorError(
+        f"{what} (more than {SOLVE_GROWTH_LIMIT:g}): the structured covariance factor is "
+        "unstable at this latent; its off-diagonal weights exceed diagonal dominance (a model "
+        "trained with off_diagonal_bound above 1)"
+    )
+
 
 # Upper bound on the elements of one chunk of dense within-row matrices ``(B, h, W, W)``.
 _ROW_CHUNK_ELEMENTS = 1 << 18
@@ -726,8 +741,9 @@ class StructuredCovariance(_CovarianceBase):
 
     These two, :meth:`factor` and :meth:`factor_t` are ``M + 1`` shifted multiplies each;
     :meth:`solve_factor` and :meth:`solve_factor_t` are row-by-row triangular solves (see
-    :meth:`solve_factor_t`): a :meth:`column` takes about 17 ms at 128 x 128 and 50 ms at
-    256 x 256 on one CPU core (``benchmarks/results/covariance_column.md``).
+    :meth:`solve_factor_t`): a :meth:`column` takes about 8 ms at 128 x 128 and 18 ms at
+    256 x 256 on one CPU core (``benchmarks/results/covariance_column.md``). Every substitution
+    and the exact variance check their growth (:class:`UnstableFactorError`).
 
     Parameters
     ----------
@@ -947,28 +963,27 @@ class StructuredCovariance(_CovarianceBase):
         return x.movedim(1, 0).reshape(*lead, b, h, w)
 
     def _check_growth(self, e: Tensor, x: Tensor) -> None:
-        r"""Raise when ``x = L^{-1} e`` (or ``L^{-T} e``) grew more than a stable factor allows.
+        r"""Raise when ``x = L^{-1} e`` (or ``L^{-T} e``), ``(B, K, H, W)``, grew more than a
+        stable factor allows.
 
-        The growth is :math:`\max|x| \min L_{ii} / \max|e|`. With every row's off-diagonal
-        magnitudes below ``alpha < 1`` times its diagonal, the forward solve gives
+        The growth of each batch element and right-hand side is
+        :math:`\max|x| \min L_{ii} / \max|e|`. With every row's off-diagonal magnitudes below
+        ``alpha < 1`` times its diagonal, the forward solve gives
         :math:`\max|x| \le \max|e| / ((1 - \alpha) \min L_{ii})`: a growth of at most 10 for
         ``alpha = 0.9`` (the back substitution is bounded alike when neighbouring rows have
         similar weights). A factor trained with a bound above 1 has no guarantee; the largest
         growth of the shipped one on validation slices is in
         ``benchmarks/results/covariance_signs.md``.
         """
-        top = float(e.detach().abs().max())
-        if top == 0.0:
-            return
-        smallest = float(torch.exp(self.log_diagonal.detach().min()))
-        growth = float(x.detach().abs().max()) * smallest / top
-        if not math.isfinite(growth) or growth > SOLVE_GROWTH_LIMIT:
-            raise FloatingPointError(
-                f"the triangular solve with the structured covariance factor grew by {growth:.3g} "
-                f"(more than {SOLVE_GROWTH_LIMIT:g}): the factor is unstable at this latent; "
-                "its off-diagonal weights exceed diagonal dominance (a model trained with "
-                "off_diagonal_bound above 1)"
-            )
+        e, x = e.detach(), x.detach()
+        if not torch.isfinite(e).all():
+            raise ValueError("the right-hand side of a triangular solve has non-finite values")
+        top = e.abs().amax(dim=(-2, -1))  # (B, K)
+        smallest = torch.exp(self.log_diagonal.detach().amin(dim=(-2, -1)))[:, None]  # (B, 1)
+        growth = x.abs().amax(dim=(-2, -1)) * smallest / torch.where(top > 0, top, 1.0)
+        worst = float(growth.max()) if growth.numel() else 0.0
+        if not math.isfinite(worst) or worst > SOLVE_GROWTH_LIMIT:
+            _unstable(f"the triangular solve grew by {worst:.3g}")
 
     def _coupling(self, transpose: bool) -> Tensor:
         """Weights of the solved rows in a row's right-hand side, ``(B, H, R, W, 2R + 1)``.
@@ -1100,8 +1115,8 @@ class StructuredCovariance(_CovarianceBase):
         which keeps only the ``R x R`` blocks of :math:`\Sigma` between the last ``R`` rows (a
         sum of positive semi-definite terms, so no cancellation). Cost per row: ``R + 1``
         triangular solves with ``W x W`` right-hand sides, ``O((R + 1) W^3)``; ``O(H W^3)``
-        in all, memory ``O(R^2 W^2)``: about 0.2 s at 128 x 128 and 1.5 s at 256 x 256 on the
-        CPU for a 5 x 5 stencil (``benchmarks/results/covariance_column.md``); compute it once
+        in all, memory ``O(R^2 W^2)``: about 0.1 s at 128 x 128 and 0.9 s at 256 x 256 on one
+        CPU core for a 5 x 5 stencil (``benchmarks/results/covariance_column.md``); compute it once
         and pass it to :meth:`correlation`.
 
         Monte-Carlo (``samples=n``): :math:`\frac1n \sum_s x_s^2` over ``n`` samples
@@ -1125,6 +1140,14 @@ class StructuredCovariance(_CovarianceBase):
         if generator is None:
             raise ValueError("a Monte-Carlo variance (samples given) needs an explicit generator")
         return self.sample(samples, generator).square().mean(dim=0)
+
+    def _check_variance(self, variance: Tensor, y: int) -> None:
+        r"""The exact variance of row ``y``, ``(B, W)``, against what a stable factor gives:
+        :math:`\Sigma_{ii} \min L^2 \le` :data:`SOLVE_GROWTH_LIMIT` squared."""
+        smallest = torch.exp(2 * self.log_diagonal.detach()[:, y].amin(dim=-1))  # (B,)
+        worst = float((variance.detach().amax(dim=-1) * smallest).max())
+        if not math.isfinite(worst) or worst > SOLVE_GROWTH_LIMIT**2:
+            _unstable(f"a variance grew to {worst:.3g} times the smallest conditional one")
 
     def _exact_variance(self) -> Tensor:
         b, h, w = self.log_diagonal.shape
@@ -1151,6 +1174,7 @@ class StructuredCovariance(_CovarianceBase):
                 )
                 diag_block = 0.5 * (diag_block + diag_block.mT)
                 out[y] = diag_block.diagonal(dim1=-2, dim2=-1)
+                self._check_variance(out[y], y)
                 off_blocks = [solved[..., j * w : (j + 1) * w] for j in range(1, r)]
                 top = torch.stack([diag_block, *off_blocks], dim=1)
                 lower = torch.cat([top[:, 1:, None].mT, window[:, : r - 1, : r - 1]], dim=2)

@@ -59,8 +59,9 @@ noise level) gives ``lam = 1``. Measured on held-out data (``benchmarks/generati
 ``benchmarks/results/generative_lambda.md``: the three Colin27 sample slices, which the built-in
 models never saw, under random 4x, radial 6x and Poisson 6x masks at relative noise 0.01 and
 0.05), ``lam = 1`` is too strong at high noise: at 1 % noise the weights 0.5 to 1 lose at most
-0.3 dB to each setting's best, at 5 % noise ``lam = 1`` loses 1.2 to 2.2 dB to ``lam = 0.1``
-(``vae-structured``, ``vae-diagonal``; 0.2 to 0.5 dB for ``vae-identity``). The data
+0.3 dB to each setting's best (0.4 dB with the present structured prior), at 5 % noise
+``lam = 1`` loses 0.5 to 1.7 dB to ``lam = 0.1`` (``vae-structured``, ``vae-diagonal``; 0.2 to
+0.5 dB for ``vae-identity``). The data
 support a weight inversely proportional to the relative noise level,
 
 .. math:: \lambda = c / \sigma_{rel}, \qquad \sigma_{rel} = \sigma / \text{scale},
@@ -71,9 +72,11 @@ lower percentile), and 1, the Bayesian weight, on noiseless data (where the nois
 :data:`~napari_genreg.recon.problem.NOISE_FLOOR` applies). In the normalised x-step the prior's
 weight is then :math:`\mu = \lambda\sigma_{rel}^2 = c\,\sigma_{rel}`, linear in the noise
 like the classical rules of :mod:`~napari_genreg.recon.methods`. Mean PSNR over the 18
-reconstructions: ``vae-structured`` 25.00 dB with the rule, 24.78 with the best constant
-(0.2), 24.06 with ``lam = 1``; ``vae-diagonal`` 24.79 / 24.74 / 23.99; ``vae-identity`` 23.42 /
-23.49 / 23.33 (nearly flat); the rule is within 0.22 dB of each setting's own best weight.
+reconstructions: ``vae-diagonal`` 24.79 dB with the rule, 24.74 with the best constant (0.1),
+23.99 with ``lam = 1``; ``vae-identity`` 23.42 / 23.49 / 23.33 (nearly flat); ``vae-structured``
+25.00 / 24.78 / 24.06 with the first shipped prior (off-diagonal bound 0.9, for which the rule
+was chosen) and 24.43 / 24.26 (0.25) / 24.05 with the present one (bound 2.5). The rule is
+within 0.22 dB of each setting's own best weight (0.40 dB for the present structured prior).
 Likely reasons the Bayesian weight is too strong: the joint minimisation over ``(x, z)`` with the
 poster's :math:`\log\det\Sigma` (rather than the likelihood's
 :math:`\tfrac12\log\det\Sigma`) favours latents with a small, over-confident covariance, and
@@ -81,10 +84,12 @@ the priors, trained on population templates, are smoother than one subject. ``ra
 (on :math:`\tfrac12\|z\|^2` alone) barely matters (0.05 dB over 0.25 to 4): ``lam = 1``.
 
 Iterations (:data:`DEFAULT_ITERATIONS`), from the time per outer iteration on 128 x 128 on one
-CPU core (same results file) and the convergence of the mean PSNR: ``vae-structured`` 0.104 s
-per iteration (2 decoder forward and backward passes at 0.037 s, 6 Jacobi-preconditioned CG
-iterations of the x-step at 0.023 s, the objective at 0.002 s), 20 iterations, 2.3 s (25.00 dB;
-30 and 40 iterations reach 25.06); ``vae-diagonal`` 0.073 s, 20 iterations, 1.6 s;
+CPU core (same results file, first measured on a slower day of the machine) and the convergence
+of the mean PSNR: ``vae-structured`` 0.104 s per iteration (2 decoder forward and backward
+passes at 0.037 s, 6 Jacobi-preconditioned CG iterations of the x-step at 0.023 s, the objective
+at 0.002 s), 20 iterations, 2.3 s (25.00 dB with the first prior; 30 and 40 iterations reached
+25.06; with the present prior 24.21 dB at 15 iterations and 24.43 at 20, not yet measured
+further); ``vae-diagonal`` 0.073 s, 20 iterations, 1.6 s;
 ``vae-identity`` 0.056 s (closed-form x-step, 0.6 ms), 40 iterations, 2.4 s; ``range`` 0.082 s
 (three starts at once), 60 iterations, 5.1 s. Two Adam steps per z-step match four per z-step
 at equal time.
