@@ -189,8 +189,8 @@ def _solve_growth(model, path: Path, count: int = 14) -> dict:
     step = max(1, len(images) // count)
     growths = []
 
-    def growth(e, x, covariance) -> float:
-        return float(x.abs().max() * torch.exp(covariance.log_diagonal.min()) / e.abs().max())
+    def growth(e, x, covariance) -> list[float]:
+        return covariance.growth(e, x).flatten().tolist()
 
     with torch.no_grad():
         for image in images[::step][:count]:
@@ -205,10 +205,10 @@ def _solve_growth(model, path: Path, count: int = 14) -> dict:
                     e = torch.zeros(1, h, w)
                     e[0, row, col] = 1.0
                     half = covariance.solve_factor(e)
-                    growths += [growth(e, half, covariance)]
-                    growths += [growth(half, covariance.solve_factor_t(half), covariance)]
+                    growths += growth(e, half, covariance)
+                    growths += growth(half, covariance.solve_factor_t(half), covariance)
             eps = torch.randn(4, 1, h, w, generator=torch.Generator().manual_seed(0))
-            growths.append(growth(eps, covariance.solve_factor_t(eps), covariance))
+            growths += growth(eps, covariance.solve_factor_t(eps), covariance)
     return {
         "slices": min(count, len(images[::step])),
         "solves": len(growths),

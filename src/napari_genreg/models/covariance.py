@@ -962,25 +962,30 @@ class StructuredCovariance(_CovarianceBase):
         x = self._substitute(rhs, transpose, first_row)
         return x.movedim(1, 0).reshape(*lead, b, h, w)
 
-    def _check_growth(self, e: Tensor, x: Tensor) -> None:
-        r"""Raise when ``x = L^{-1} e`` (or ``L^{-T} e``), ``(B, K, H, W)``, grew more than a
-        stable factor allows.
+    def growth(self, e: Tensor, x: Tensor) -> Tensor:
+        r"""How much a triangular solve amplified: ``x = L^{-1} e`` or ``L^{-T} e``, both
+        ``(..., B, H, W)``; returns :math:`\max|x| \min L_{ii} / \max|e|` per right-hand side,
+        ``(..., B)`` (the maxima over each image, :math:`\min L_{ii}` over its batch element's).
 
-        The growth of each batch element and right-hand side is
-        :math:`\max|x| \min L_{ii} / \max|e|`. With every row's off-diagonal magnitudes below
-        ``alpha < 1`` times its diagonal, the forward solve gives
-        :math:`\max|x| \le \max|e| / ((1 - \alpha) \min L_{ii})`: a growth of at most 10 for
-        ``alpha = 0.9`` (the back substitution is bounded alike when neighbouring rows have
-        similar weights). A factor trained with a bound above 1 has no guarantee; the largest
+        With every row's off-diagonal magnitudes below ``alpha < 1`` times its diagonal, the
+        forward solve gives :math:`\max|x| \le \max|e| / ((1 - \alpha) \min L_{ii})`: a
+        growth of at most 10 for ``alpha = 0.9`` (the back substitution is bounded alike when
+        neighbouring rows have similar weights). A factor trained with a bound above 1 has no
+        guarantee: the solves check it against :data:`SOLVE_GROWTH_LIMIT`, and the largest
         growth of the shipped one on validation slices is in
         ``benchmarks/results/covariance_signs.md``.
         """
         e, x = e.detach(), x.detach()
+        top = e.abs().amax(dim=(-2, -1))
+        smallest = torch.exp(self.log_diagonal.detach().amin(dim=(-2, -1)))  # (B,)
+        return x.abs().amax(dim=(-2, -1)) * smallest / torch.where(top > 0, top, 1.0)
+
+    def _check_growth(self, e: Tensor, x: Tensor) -> None:
+        """Raise when a solve of :meth:`_substitute` (``(B, K, H, W)``) grew beyond
+        :data:`SOLVE_GROWTH_LIMIT` (:meth:`growth`)."""
         if not torch.isfinite(e).all():
             raise ValueError("the right-hand side of a triangular solve has non-finite values")
-        top = e.abs().amax(dim=(-2, -1))  # (B, K)
-        smallest = torch.exp(self.log_diagonal.detach().amin(dim=(-2, -1)))[:, None]  # (B, 1)
-        growth = x.abs().amax(dim=(-2, -1)) * smallest / torch.where(top > 0, top, 1.0)
+        growth = self.growth(e.movedim(1, 0), x.movedim(1, 0))  # (K, B)
         worst = float(growth.max()) if growth.numel() else 0.0
         if not math.isfinite(worst) or worst > SOLVE_GROWTH_LIMIT:
             _unstable(f"the triangular solve grew by {worst:.3g}")
