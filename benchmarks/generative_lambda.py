@@ -51,6 +51,31 @@ def _problem(image, mask_name: str, acc: int, sigma: float):
     return build_problem(data, mask)
 
 
+class _CGCounter:
+    """Counts the x-steps' conjugate-gradient solves and their iterations (wraps the function
+    the alternating solver calls)."""
+
+    def __init__(self) -> None:
+        import napari_genreg.solvers.alternating as alternating
+
+        self.solves = self.iterations = 0
+        wrapped = alternating.conjugate_gradient
+
+        def counting(*args, **kwargs):
+            self.solves += 1
+            for state in wrapped(*args, **kwargs):
+                self.iterations += 1
+                yield state
+
+        alternating.conjugate_gradient = counting
+
+    def take(self) -> float | None:
+        """Mean iterations per solve since the last call (``None`` without a solve)."""
+        mean = self.iterations / self.solves if self.solves else None
+        self.solves = self.iterations = 0
+        return mean
+
+
 def sweep(
     methods: list[str], iterations: int | None, lams: list[float | None], quick: bool = False
 ) -> list[dict]:
@@ -60,6 +85,7 @@ def sweep(
     from napari_genreg.samples import load_stack
 
     rows = []
+    cg = _CGCounter()
     images = list(load_stack("brain"))[: 1 if quick else None]
     start = time.perf_counter()
     for mask_name, acc in MASKS[: 1 if quick else None]:
@@ -84,6 +110,7 @@ def sweep(
                     marks = sorted({c for c in CHECKPOINTS if c < n} | {n})
                     for lam in lams:
                         curve = {}
+                        cg.take()
                         t0 = time.perf_counter()
                         used = resolve_lam(get_method(name), problem, lam)
                         for state in iterate(problem, name, lam=used, iterations=n):
@@ -104,6 +131,8 @@ def sweep(
                                 "iterations": n,
                                 "model": model_spec_of(get_method(name)),
                                 "psnr_at": {str(k): v[0] for k, v in curve.items()},
+                                "ssim_at": {str(k): v[1] for k, v in curve.items()},
+                                "cg_per_x_step": cg.take(),
                             }
                         )
                 print(
@@ -186,6 +215,7 @@ def timing(name: str, repeats: int = 20) -> dict:
                 mu,
                 x,
                 steps=settings.cg_steps,
+                reduction=settings.cg_reduction,
                 shifted_solve=normalised.shifted_solve,
                 data_diagonal=normalised.data_diagonal,
             )
@@ -199,12 +229,13 @@ def timing(name: str, repeats: int = 20) -> dict:
         {
             "z_steps": settings.z_steps,
             "cg_steps": settings.cg_steps,
+            "cg_reduction": settings.cg_reduction,
             "decoder_forward_s": clock(forward),
             "decoder_forward_backward_s": clock(forward_backward),
             "x_step_s": clock(step),
             "x_step_kind": "closed form (FFT)"
             if prior.constant_variance(decoded) is not None
-            else f"{settings.cg_steps} CG iterations, Jacobi",
+            else _cg_label(settings.cg_steps, settings.cg_reduction),
             "objective_s": clock(objective),
             "operator_normal_s": clock(lambda: normalised.op.normal(x)),
         }
@@ -214,6 +245,17 @@ def timing(name: str, repeats: int = 20) -> dict:
 
 def _close(a: float, b: float) -> bool:
     return abs(a - b) <= 1e-9 * max(abs(a), abs(b), 1.0)
+
+
+def _cg_label(steps: int, reduction: float | None) -> str:
+    if reduction is None:
+        return f"{steps} CG iterations, Jacobi"
+    return f"Jacobi-preconditioned CG until its residual falls to {reduction:g} x, at most {steps}"
+
+
+def _at(row: dict, n: int, key: str = "psnr") -> float:
+    """``row``'s PSNR (or SSIM) after ``n`` iterations (rows that ran longer record it)."""
+    return row.get(f"{key}_at", {}).get(str(n), row[key])
 
 
 def rule_table(mine: list[dict], settings: list[tuple]) -> list[str]:
@@ -289,7 +331,7 @@ def summarise(rows: list[dict], timings: list[dict], runs: list[dict]) -> str:
         ssim = {lam: np.mean([r["ssim"] for r in mine if r["lam"] == lam]) for lam in lams}
         best = max(overall, key=overall.get)
         n = mine[0]["iterations"]
-        rule = f"; automatic rule: {np.mean([r['psnr'] for r in auto]):.2f} dB" if auto else ""
+        rule = f"; automatic rule: {np.mean([_at(r, n) for r in auto]):.2f} dB" if auto else ""
         lines += [
             f"## {method}: best single lam = {best} (mean PSNR {overall[best]:.2f} dB; "
             f"lam = 1: {overall.get(1.0, float('nan')):.2f} dB{rule}), {n} iterations",
@@ -308,7 +350,7 @@ def summarise(rows: list[dict], timings: list[dict], runs: list[dict]) -> str:
             loss = max(means.values()) - means.get(1.0, np.nan)
             chosen = [r for r in auto if (r["mask"], r["sigma"]) == setting]
             if chosen:
-                value = np.mean([r["psnr"] for r in chosen])
+                value = np.mean([_at(r, n) for r in chosen])
                 used = np.mean([r["lam"] for r in chosen])
                 tail = f"{value:.2f} ({used:.3g}) | {max(means.values()) - value:.2f}"
             else:
@@ -317,7 +359,7 @@ def summarise(rows: list[dict], timings: list[dict], runs: list[dict]) -> str:
                 f"| {setting[0]}, sigma {setting[1]} | {refs['zero-filled'][setting]:.2f} "
                 f"| {refs['tv'][setting]:.2f} | {cells} | {loss:.2f} | {tail} |"
             )
-        auto_ssim = f"{np.mean([r['ssim'] for r in auto]):.4f}" if auto else ""
+        auto_ssim = f"{np.mean([_at(r, n, 'ssim') for r in auto]):.4f}" if auto else ""
         lines += [
             "| mean SSIM | | | "
             + " | ".join(f"{ssim[lam]:.4f}" for lam in lams)
@@ -331,9 +373,12 @@ def summarise(rows: list[dict], timings: list[dict], runs: list[dict]) -> str:
             marks = sorted({int(k) for r in ones for k in r["psnr_at"]})
             curve = {k: np.mean([r["psnr_at"][str(k)] for r in ones]) for k in marks}
             seconds = np.mean([r["seconds"] for r in ones])
+            runs_to = max(r["iterations"] for r in ones)
+            solves = [r["cg_per_x_step"] for r in ones if r.get("cg_per_x_step") is not None]
+            cg_note = f"; {np.mean(solves):.1f} CG iterations per x-step" if solves else ""
             lines += [
                 f"Convergence with {label} (mean PSNR over all settings after k iterations; "
-                f"{seconds:.2f} s per reconstruction of {n} iterations):",
+                f"{seconds:.2f} s per reconstruction of {runs_to} iterations{cg_note}):",
                 "",
                 "| k | " + " | ".join(str(k) for k in marks) + " |",
                 "|---|" + "---|" * len(marks),

@@ -130,6 +130,32 @@ def test_jacobi_preconditioning_helps_a_structured_covariance():
     assert relative_residual(jacobi) < relative_residual(plain)
 
 
+def test_x_step_reduction_stops_once_its_preconditioned_residual_has_fallen_by_the_factor():
+    maps = synthetic_maps(4, (SIZE, SIZE)).to(torch.complex64)
+    mask = _mask((SIZE, SIZE), seed=2)
+    op = sense(maps, mask)
+    y = _noisy(op, _image(), 0.02, seed=3)
+    prior = GenerativeRegularizer(_model("structured", seed=4), _phase())
+    mu = 0.02**2
+    with torch.no_grad():
+        decoded = prior.decode(torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(5)))
+        rhs = op.adjoint(y) + mu * prior.prior_rhs(decoded)
+        diagonal = mask.float().mean() * maps.abs().square().sum(dim=0)
+        root = (diagonal + mu * prior.precision_diagonal(decoded)).rsqrt()
+
+        def scaled_residual(x):  # the residual CG sees: D^{-1/2} (b - N x)
+            return float(((rhs - op.normal(x) - mu * prior.precision(decoded, x)) * root).norm())
+
+        start = op.adjoint(y)
+        kwargs = {"data_diagonal": diagonal}
+        reduced = x_step(op, y, prior, decoded, mu, start, steps=200, reduction=0.1, **kwargs)
+        capped = x_step(op, y, prior, decoded, mu, start, steps=1, reduction=0.1, **kwargs)
+        full = x_step(op, y, prior, decoded, mu, start, steps=200, **kwargs)
+    assert scaled_residual(reduced) <= 0.1 * 1.01 * scaled_residual(start)
+    assert scaled_residual(full) < 0.01 * scaled_residual(reduced)  # it stopped early
+    assert scaled_residual(capped) > 0.1 * scaled_residual(start)  # steps still caps it
+
+
 def _run(kind: str, *, coils: int = 1, iterations: int = 8, **kwargs) -> list[AlternatingState]:
     mask = _mask((SIZE, SIZE), seed=6)
     if coils == 1:
@@ -262,3 +288,10 @@ def test_inputs_are_checked():
         next(
             alternating_minimisation(op, y, prior, x0, z_true, noise_sigma=0.1, lam=1.0, z_steps=0)
         )
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match="cg_reduction"):
+            next(
+                alternating_minimisation(
+                    op, y, prior, x0, z_true, noise_sigma=0.1, lam=1.0, cg_reduction=bad
+                )
+            )

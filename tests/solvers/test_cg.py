@@ -53,3 +53,27 @@ def test_cg_on_a_singular_normal_operator_converges_to_zero_filled_and_stops():
         conjugate_gradient(op.normal, op.adjoint(y), offset=0.5 * float(y.abs().square().sum()))
     )
     assert abs(offset_state.objective - residual) < 1e-3 * max(1.0, np.abs(y.numpy()).max())
+
+
+def test_cg_reduction_stops_once_the_residual_of_the_start_has_fallen_by_the_factor():
+    gen = torch.Generator().manual_seed(3)
+    n = 40
+    matrix = _hpd(n, gen)
+    rhs = torch.view_as_complex(torch.randn((n, 2), generator=gen, dtype=torch.float64))
+    solution = torch.linalg.solve(matrix, rhs)
+    # a warm start close to the solution: its residual is far below ||b||
+    start = solution + 1e-3 * torch.view_as_complex(
+        torch.randn((n, 2), generator=gen, dtype=torch.float64)
+    )
+
+    def residual(x):
+        return float((rhs - matrix @ x).norm())
+
+    full = list(itertools.islice(conjugate_gradient(lambda v: matrix @ v, rhs, start), 200))
+    reduced = list(conjugate_gradient(lambda v: matrix @ v, rhs, start, reduction=0.1))
+    assert 0 < len(reduced) < len(full)
+    assert residual(reduced[-1].x) <= 0.1 * residual(start)
+    # it stopped at the first iterate that met the factor, not later
+    assert len(reduced) == 1 or residual(reduced[-2].x) > 0.1 * residual(start)
+    # the same iterates as without the stopping rule
+    assert torch.equal(reduced[-1].x, full[len(reduced) - 1].x)

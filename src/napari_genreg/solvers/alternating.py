@@ -171,6 +171,7 @@ def x_step(
     x: Tensor,
     *,
     steps: int,
+    reduction: float | None = None,
     shifted_solve: Callable[[Tensor, float], Tensor] | None = None,
     data_diagonal: Tensor | None = None,
     adjoint_y: Tensor | None = None,
@@ -192,7 +193,11 @@ def x_step(
     x
         the warm start, complex ``(H, W)``.
     steps
-        conjugate-gradient iterations (ignored by the closed form).
+        conjugate-gradient iterations at most (ignored by the closed form).
+    reduction
+        CG stops earlier once its residual is ``reduction`` times that of the warm start (both
+        preconditioned when ``data_diagonal`` is given); ``None``: only at convergence to
+        rounding (:func:`~napari_genreg.solvers.cg.conjugate_gradient`).
     shifted_solve
         :func:`shifted_fourier_solve` of ``A`` when ``A`` is single-coil Cartesian: used when
         the covariance is :math:`s^2 I` and ``mu > 0`` (exact solution).
@@ -218,7 +223,7 @@ def x_step(
         return torch.add(op.normal(v), prior.precision(decoded, v).to(v.dtype), alpha=mu)
 
     if data_diagonal is None:
-        states = conjugate_gradient(normal, rhs, x)
+        states = conjugate_gradient(normal, rhs, x, reduction=reduction)
         out = x
         for state in itertools.islice(states, steps):
             out = state.x
@@ -232,7 +237,8 @@ def x_step(
         return normal(w * inverse_root) * inverse_root
 
     out = x / inverse_root
-    for state in itertools.islice(conjugate_gradient(scaled, rhs * inverse_root, out), steps):
+    states = conjugate_gradient(scaled, rhs * inverse_root, out, reduction=reduction)
+    for state in itertools.islice(states, steps):
         out = state.x
     return out * inverse_root
 
@@ -304,6 +310,7 @@ def alternating_minimisation(
     lam: float,
     z_steps: int = 5,
     cg_steps: int = 5,
+    cg_reduction: float | None = None,
     learning_rate: float = 0.05,
     shifted_solve: Callable[[Tensor, float], Tensor] | None = None,
     data_diagonal: Tensor | None = None,
@@ -330,8 +337,10 @@ def alternating_minimisation(
         :math:`\lambda \ge 0`.
     z_steps
         Adam steps per z-step.
-    cg_steps
-        conjugate-gradient iterations per x-step (when there is no closed form).
+    cg_steps, cg_reduction
+        conjugate-gradient iterations per x-step at most (when there is no closed form), and
+        the reduction of its residual at which it stops earlier (``reduction`` of
+        :func:`x_step`).
     learning_rate
         Adam's initial step on ``z``.
     shifted_solve, data_diagonal
@@ -350,6 +359,8 @@ def alternating_minimisation(
     _check_inputs(noise_sigma, lam, learning_rate)
     _check_positive_int(z_steps, "z_steps")
     _check_positive_int(cg_steps, "cg_steps")
+    if cg_reduction is not None and not 0.0 < cg_reduction < 1.0:
+        raise ValueError(f"cg_reduction must lie in (0, 1), got {cg_reduction}")
     _check_positive_int(restarts, "restarts", 0)
     if restarts and generator is None:
         raise ValueError("random restarts need an explicit torch.Generator")
@@ -380,6 +391,7 @@ def alternating_minimisation(
             mu,
             v,
             steps=cg_steps,
+            reduction=cg_reduction,
             shifted_solve=shifted_solve,
             data_diagonal=data_diagonal,
             adjoint_y=adjoint_y,

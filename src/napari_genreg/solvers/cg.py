@@ -16,6 +16,7 @@ def conjugate_gradient(
     *,
     offset: float = 0.0,
     rtol: float | None = None,
+    reduction: float | None = None,
 ) -> Iterator[SolverState]:
     """Solve ``N x = b`` by conjugate gradients, yielding a state per iteration.
 
@@ -36,6 +37,9 @@ def conjugate_gradient(
         Converged when ``||r|| <= rtol ||b||``: CG then returns, because further steps would
         only amplify rounding errors (on a singular ``N``, such as ``A^H A`` with undersampling,
         they diverge). Default: 10 times the machine epsilon of ``b``'s dtype.
+    reduction
+        Also converged when ``||r|| <= reduction ||r_0||``, the residual of the start: for an
+        inexact solve from a warm start, whose residual may already be far below ``||b||``.
 
     Yields
     ------
@@ -49,6 +53,8 @@ def conjugate_gradient(
     r = rhs - normal(x) if x0 is not None else rhs.clone()
     p = r.clone()
     rr = torch.vdot(r.flatten(), r.flatten()).real
+    if reduction is not None:
+        threshold = max(threshold, reduction**2 * float(rr))
     iteration = 0
     while True:
         if float(rr) <= threshold:
