@@ -20,8 +20,9 @@ prior as it is, as in ``DESIGN.md``'s z-step). Each iteration is
   ``P`` is a unitary diagonal) and a single-coil Cartesian ``A = M F`` (optionally composed with
   a zero-padding crop ``C``), the matrix is :math:`C^H F^H M F C + (\mu / s^2) I`, diagonal in
   k-space on the measured grid and a multiple of the identity on the padding: solved exactly
-  (:func:`shifted_fourier_solve`). Otherwise a few warm-started conjugate-gradient iterations
-  with a Jacobi (diagonal) preconditioner when the caller gives ``diag(A^H A)``. An x-step that
+  (:func:`shifted_fourier_solve`). Otherwise warm-started conjugate gradients, with a Jacobi
+  (diagonal) preconditioner when the caller gives ``diag(A^H A)``, for at most ``cg_steps``
+  iterations or until the residual has fallen by ``cg_reduction``. An x-step that
   would raise the subproblem's value (rounding, at convergence) is discarded.
 * **z-step** (``x`` fixed): ``z_steps`` Adam steps on
   :math:`\lambda[\log\det\Sigma(z) + \tfrac12\|Px - G(z)\|^2_{\Sigma^{-1}}] + \tfrac12\|z\|^2`
