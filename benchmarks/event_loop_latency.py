@@ -431,12 +431,13 @@ first click shows each in a turn of its own). The convergence plot is painted wi
 What remains above 100 ms, all outside the iterations and the clicks that follow the first, is
 mostly `canvas draw`: the first drawing after napari's first progress bar, after a layer is
 added or shown, after grid mode is switched on (new vispy views and visuals, their shaders
-compiled) and after the first click's overlays, 60-240 ms each in software. Less the drawing,
-one or two gaps per run stay above 100 ms in the runs after the first (100-150 ms): where a
-run layer is shown in a grid that grows, napari rebuilds its grid of vispy views (`napari
-grid rebuild`, 10-20 ms per cell, in Python) and redraws; where one is added to a viewer with
-more layers, napari builds its layer controls and vispy visual (60-75 ms).
-napari's first progress bar of a session builds its activity dock (60-80 ms).
+compiled) and after the first click's overlays (the list above has each gap's figures; in
+the runs recorded on 2026-12-03, 40-240 ms per draw in software). Less the drawing, one to
+three gaps per run stayed above 100 ms in the runs after the first (100-150 ms): where a run
+layer is shown in a grid that grows, napari rebuilds its grid of vispy views (`napari grid
+rebuild`, 10-20 ms per cell, in Python) and redraws; where one is added to a viewer with more
+layers, napari builds its layer controls and vispy visuals (`_add_run_layer`, 55-95 ms).
+napari's first progress bar of a session builds its activity dock (`_start_progress`).
 
 The last two runs measure what napari's progress bar costs the solver: once with the bar
 stubbed (an object that shows nothing), once with the real bar but its activity indicator (a
