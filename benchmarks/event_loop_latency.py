@@ -231,7 +231,7 @@ def _outside_the_gui(request) -> float:
     def work() -> None:
         for event in session.run_request(request, preview_interval=session.REFRESH_INTERVAL):
             if isinstance(event, session.MethodFinished):
-                seconds.append(event.result.seconds)
+                seconds.append(event.result.recon.seconds)
 
     thread = threading.Thread(target=work)
     thread.start()
@@ -319,7 +319,7 @@ def run(quick: bool) -> dict:
         runs[label] = {
             "iterations": planned,
             "run_seconds": round(idle - start, 2),
-            "iteration_seconds": round(sum(r.seconds for r in recon.results), 2),
+            "iteration_seconds": round(sum(r.recon.seconds for r in recon.results), 2),
         }
 
     ticker.start()

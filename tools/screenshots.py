@@ -143,7 +143,7 @@ def _reconstruct(app, args) -> int:
     viewer.screenshot(str(dock), canvas_only=False)
     viewer.screenshot(str(grid), canvas_only=True)
     for result in widget.results:
-        m = result.metrics
+        m = result.recon.metrics
         print(f"{result.name}: PSNR {m.psnr:.2f} dB, SSIM {m.ssim:.4f}", file=sys.stderr)
     print(f"screenshots: wrote {dock} and {grid}", file=sys.stderr)
     viewer.close()

@@ -346,7 +346,7 @@ def test_a_model_folder_replaces_the_shipped_models(sample, qtbot, model_folders
     widget.model_edit.setText(str(model_folders / "vn"))
     run_and_wait(qtbot, widget)
     result = widget.results[0]
-    assert result.iterations == 2 and result.model == str(model_folders / "vn")
+    assert result.recon.iterations == 2 and result.recon.model == str(model_folders / "vn")
 
 
 def test_a_model_folder_of_the_wrong_kind_is_an_error_and_nothing_runs(

@@ -175,10 +175,10 @@ def test_the_run_yields_per_iteration_and_throttles_previews():
     assert [r.name for r in finished] == ["zero-filled · poisson 3x", "tv · poisson 3x"]
     assert tuple(finished) == results
     tv = results[1]
-    assert tv.iterations == 10 and len(tv.objectives) == 10
-    assert tv.lam_automatic and tv.lam > 0 and tv.settings["regularizer"] == "tv"
+    assert tv.recon.iterations == 10 and len(tv.recon.objectives) == 10
+    assert tv.lam_automatic and tv.recon.lam > 0 and tv.settings["regularizer"] == "tv"
     reference = request.data.reference[0]
-    assert tv.metrics == evaluate(reference, tv.image)
+    assert tv.recon.metrics == evaluate(reference, tv.recon.image)
     assert tv.display_range == (0.0, float(reference.max()))
 
 
@@ -213,7 +213,7 @@ def test_result_layers_carry_settings_history_and_metrics():
     assert set(meta["metrics"]) == {"psnr", "ssim", "nmse"}
     np.testing.assert_array_equal(meta["mask"], request.mask)
     row = session.metrics_row(result)
-    assert len(row) == len(session.METRICS_COLUMNS) and row[1] == f"{result.metrics.psnr:.2f}"
+    assert len(row) == len(session.METRICS_COLUMNS) and row[1] == f"{result.recon.metrics.psnr:.2f}"
 
 
 def test_a_runs_layer_is_made_before_its_result_and_named_as_it():
@@ -224,7 +224,7 @@ def test_a_runs_layer_is_made_before_its_result_and_named_as_it():
     data, kwargs, kind = session.run_layer(
         request.result_names()["tv"], shape, ready.display_range, request.scale
     )
-    assert kind == "image" and data.shape == shape == result.image.shape and not data.any()
+    assert kind == "image" and data.shape == shape == result.recon.image.shape and not data.any()
     assert kwargs["name"] == result.name and kwargs["opacity"] == 0  # hides nothing yet
     assert kwargs["contrast_limits"] == result.display_range and kwargs["scale"] == (0.5, 0.5)
     assert kwargs["metadata"][METADATA_KEY]["kind"] == session.KIND_PREVIEW
@@ -318,7 +318,7 @@ def test_the_live_run_counts_the_unused_iterations_of_a_finished_method():
     live = session.LiveRun()
     live.record(_iteration("tv", 1))
     live.record(_iteration("tv", 2))
-    result = SimpleNamespace(method="tv", objectives=(10.0, 5.0))
+    result = SimpleNamespace(method="tv", recon=SimpleNamespace(objectives=(10.0, 5.0)))
     live.take_curves()
     live.finish(result)
     assert live.done == 5  # stopped after 2 of 5

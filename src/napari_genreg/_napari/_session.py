@@ -18,14 +18,13 @@ import math
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from napari_genreg import __version__
 from napari_genreg._napari._layers import METADATA_KEY, LayerData
 from napari_genreg.io.records import KSpaceData
-from napari_genreg.metrics import Metrics
 from napari_genreg.physics.masks import (
     MASKS,
     ONE_D,
@@ -33,6 +32,9 @@ from napari_genreg.physics.masks import (
     make_mask,
     validate_mask,
 )
+
+if TYPE_CHECKING:  # torch is imported by the functions that run, not at plugin load
+    from napari_genreg.recon import Result
 
 #: ``metadata[METADATA_KEY]["kind"]`` of the layers this widget creates.
 KIND_RECONSTRUCTION = "reconstruction"
@@ -540,26 +542,15 @@ class MethodResult:
 
     Attributes
     ----------
-    method
-        The method's name.
+    recon
+        The reconstruction itself (:class:`napari_genreg.recon.Result`, as the CLI gets it:
+        image, lam, iterations, seconds, objectives, metrics, latent, model).
     name
         The layer name (:meth:`ReconRequest.result_name`).
-    image
-        float32 ``(H, W)`` magnitude on the input's intensity scale.
-    lam
-        The weight used (0 for methods without one).
     has_lam
         Whether the method has a weight at all.
     lam_automatic
-        True when ``lam`` came from the method's automatic rule.
-    iterations
-        Iterations run.
-    seconds
-        Wall time of the iterations.
-    objectives
-        The objective after each iteration.
-    metrics
-        Against the problem's reference, or ``None`` without one.
+        True when ``recon.lam`` came from the method's automatic rule.
     settings
         The request's settings for this method (JSON-serialisable).
     info
@@ -568,34 +559,25 @@ class MethodResult:
         Contrast limits shared by the run's results.
     scale
         Pixel size of the layer.
-    latent
-        float32 ``(c, h, w)``: the latent ``z`` a generative method reached (on the padded
-        grid, see :class:`napari_genreg.recon.Result`), else ``None``.
-    model
-        The prior model of a generative method (``builtin:<name>`` or a directory), else
-        ``None``.
     prior_head
         The decoder head of a generative method (``"configured"`` or ``"identity"``), else
         ``None``.
     """
 
-    method: str
+    recon: Result = field(repr=False)
     name: str
-    image: np.ndarray
-    lam: float
     has_lam: bool
     lam_automatic: bool
-    iterations: int
-    seconds: float
-    objectives: tuple[float, ...] = field(repr=False)
-    metrics: Metrics | None
     settings: dict[str, Any]
     info: dict[str, Any]
     display_range: tuple[float, float]
     scale: tuple[float, float] = (1.0, 1.0)
-    latent: np.ndarray | None = field(default=None, repr=False)
-    model: str | None = None
     prior_head: str | None = None
+
+    @property
+    def method(self) -> str:
+        """The method's name."""
+        return self.recon.name
 
 
 class MethodFinished(NamedTuple):
@@ -696,7 +678,7 @@ class LiveRun:
         done = len(self.history.get(result.method, []))
         planned = self.last.planned if self.last is not None else done
         self.done += max(planned - done, 0)  # converged early, or a closed form
-        self.history[result.method] = list(result.objectives)
+        self.history[result.method] = list(result.recon.objectives)
         self._changed.add(result.method)
         if self._preview is not None and self._preview.method == result.method:
             self._preview = None  # the result replaces it
@@ -849,22 +831,14 @@ def _run_methods(
         if head is not None:
             settings["prior_head"] = head
         result = MethodResult(
-            method=method.name,
+            recon=core,
             name=request.result_name(method.name, method.has_lam),
-            image=core.image,
-            lam=lam,
             has_lam=method.has_lam,
             lam_automatic=request.lam is None and method.has_lam,
-            iterations=core.iterations,
-            seconds=core.seconds,
-            objectives=core.objectives,
-            metrics=core.metrics,
             settings=settings,
             info=info,
             display_range=display_range,
             scale=request.scale,
-            latent=core.latent,
-            model=core.model,
             prior_head=head if core.latent is not None else None,
         )
         results.append(result)
@@ -885,21 +859,22 @@ def result_layer(result: MethodResult, mask: np.ndarray | None = None) -> LayerD
     the Covariance Inspector needs: the ``latent`` z (float32 ``(c, h, w)``), the ``model``
     and the ``prior_head`` (all three ``None`` for the other methods).
     """
-    metrics = None if result.metrics is None else result.metrics._asdict()
+    recon = result.recon
+    metrics = None if recon.metrics is None else recon.metrics._asdict()
     meta = {
         METADATA_KEY: {
             "kind": KIND_RECONSTRUCTION,
             "regularizer": result.method,
             "settings": dict(result.settings),
-            "lam": result.lam,
-            "iterations": result.iterations,
-            "objectives": list(result.objectives),
-            "seconds": result.seconds,
+            "lam": recon.lam,
+            "iterations": recon.iterations,
+            "objectives": list(recon.objectives),
+            "seconds": recon.seconds,
             "metrics": metrics,
             "problem": dict(result.info),
             "mask": mask,
-            "latent": result.latent,
-            "model": result.model,
+            "latent": recon.latent,
+            "model": recon.model,
             "prior_head": result.prior_head,
         }
     }
@@ -910,7 +885,7 @@ def result_layer(result: MethodResult, mask: np.ndarray | None = None) -> LayerD
         "contrast_limits": result.display_range,
         "scale": result.scale,
     }
-    return (result.image, kwargs, "image")
+    return (recon.image, kwargs, "image")
 
 
 def run_layer(
@@ -967,10 +942,11 @@ def relative_excess(objectives: Sequence[float]) -> np.ndarray | None:
 def metrics_row(result: MethodResult) -> tuple[str, ...]:
     """The cells of a metrics-table row (:data:`METRICS_COLUMNS`): regulariser, PSNR, SSIM,
     NMSE, lam, iterations, seconds; "—" where there is no reference or no weight."""
-    m = result.metrics
+    recon = result.recon
+    m = recon.metrics
     quality = ("—", "—", "—") if m is None else (f"{m.psnr:.2f}", f"{m.ssim:.4f}", f"{m.nmse:.3g}")
-    lam = f"{result.lam:.3g}" if result.has_lam else "—"
-    return (result.method, *quality, lam, str(result.iterations), f"{result.seconds:.1f}")
+    lam = f"{recon.lam:.3g}" if result.has_lam else "—"
+    return (result.method, *quality, lam, str(recon.iterations), f"{recon.seconds:.1f}")
 
 
 #: Column titles of the metrics table (PSNR in dB, time in seconds).
