@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -89,71 +90,84 @@ def test_closed_form_x_step_equals_conjugate_gradients(padding):
         assert float(residual.norm() / rhs.norm()) < 1e-5
 
 
-@pytest.mark.parametrize("kind", ["diagonal", "structured"])
-@pytest.mark.parametrize("jacobi", [False, True])
-def test_x_step_solves_its_normal_equations_with_sense(kind, jacobi):
+class _SenseXStep(NamedTuple):
+    """An x-step problem: 4-coil SENSE, a random prior's decoder output, its right-hand side."""
+
+    op: Any
+    y: torch.Tensor
+    prior: GenerativeRegularizer
+    decoded: Any
+    mu: float
+    rhs: torch.Tensor
+    data_diagonal: torch.Tensor
+
+    def solve(self, steps: int, jacobi: bool = True, **kwargs) -> torch.Tensor:
+        diagonal = self.data_diagonal if jacobi else None
+        start = self.op.adjoint(self.y)
+        with torch.no_grad():
+            return x_step(
+                self.op,
+                self.y,
+                self.prior,
+                self.decoded,
+                self.mu,
+                start,
+                steps=steps,
+                data_diagonal=diagonal,
+                **kwargs,
+            )
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """``b - N x`` of the normal equations."""
+        with torch.no_grad():
+            return self.rhs - self.op.normal(x) - self.mu * self.prior.precision(self.decoded, x)
+
+
+def _sense_x_step(kind: str, mu: float) -> _SenseXStep:
     maps = synthetic_maps(4, (SIZE, SIZE)).to(torch.complex64)
     mask = _mask((SIZE, SIZE), seed=2)
     op = sense(maps, mask)
     y = _noisy(op, _image(), 0.02, seed=3)
     prior = GenerativeRegularizer(_model(kind, seed=4), _phase())
-    mu = 2.0 * 0.02**2
     with torch.no_grad():
         decoded = prior.decode(torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(5)))
-        diagonal = mask.float().mean() * maps.abs().square().sum(dim=0) if jacobi else None
-        start = op.adjoint(y)
-        x = x_step(op, y, prior, decoded, mu, start, steps=300, data_diagonal=diagonal)
         rhs = op.adjoint(y) + mu * prior.prior_rhs(decoded)
-        residual = op.normal(x) + mu * prior.precision(decoded, x) - rhs
-    assert float(residual.norm() / rhs.norm()) < 1e-4
+    diagonal = mask.float().mean() * maps.abs().square().sum(dim=0)
+    return _SenseXStep(op, y, prior, decoded, mu, rhs, diagonal)
+
+
+@pytest.mark.parametrize("kind", ["diagonal", "structured"])
+@pytest.mark.parametrize("jacobi", [False, True])
+def test_x_step_solves_its_normal_equations_with_sense(kind, jacobi):
+    problem = _sense_x_step(kind, mu=2.0 * 0.02**2)
+    x = problem.solve(steps=300, jacobi=jacobi)
+    assert float(problem.residual(x).norm() / problem.rhs.norm()) < 1e-4
 
 
 def test_jacobi_preconditioning_helps_a_structured_covariance():
-    maps = synthetic_maps(4, (SIZE, SIZE)).to(torch.complex64)
-    mask = _mask((SIZE, SIZE), seed=2)
-    op = sense(maps, mask)
-    y = _noisy(op, _image(), 0.02, seed=3)
-    prior = GenerativeRegularizer(_model("structured", seed=4), _phase())
-    mu = 0.02**2
-    with torch.no_grad():
-        decoded = prior.decode(torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(5)))
-        rhs = op.adjoint(y) + mu * prior.prior_rhs(decoded)
-
-        def relative_residual(x):
-            residual = op.normal(x) + mu * prior.precision(decoded, x) - rhs
-            return float(residual.norm() / rhs.norm())
-
-        diagonal = mask.float().mean() * maps.abs().square().sum(dim=0)
-        start = op.adjoint(y)
-        plain = x_step(op, y, prior, decoded, mu, start, steps=8)
-        jacobi = x_step(op, y, prior, decoded, mu, start, steps=8, data_diagonal=diagonal)
-    assert relative_residual(jacobi) < relative_residual(plain)
+    problem = _sense_x_step("structured", mu=0.02**2)
+    plain = problem.residual(problem.solve(steps=8, jacobi=False)).norm()
+    jacobi = problem.residual(problem.solve(steps=8)).norm()
+    assert float(jacobi) < float(plain)
 
 
 def test_x_step_reduction_stops_once_its_preconditioned_residual_has_fallen_by_the_factor():
-    maps = synthetic_maps(4, (SIZE, SIZE)).to(torch.complex64)
-    mask = _mask((SIZE, SIZE), seed=2)
-    op = sense(maps, mask)
-    y = _noisy(op, _image(), 0.02, seed=3)
-    prior = GenerativeRegularizer(_model("structured", seed=4), _phase())
-    mu = 0.02**2
+    problem = _sense_x_step("structured", mu=0.02**2)
     with torch.no_grad():
-        decoded = prior.decode(torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(5)))
-        rhs = op.adjoint(y) + mu * prior.prior_rhs(decoded)
-        diagonal = mask.float().mean() * maps.abs().square().sum(dim=0)
-        root = (diagonal + mu * prior.precision_diagonal(decoded)).rsqrt()
+        root = (
+            problem.data_diagonal + problem.mu * problem.prior.precision_diagonal(problem.decoded)
+        ).rsqrt()
 
-        def scaled_residual(x):  # the residual CG sees: D^{-1/2} (b - N x)
-            return float(((rhs - op.normal(x) - mu * prior.precision(decoded, x)) * root).norm())
+    def scaled(x):  # the residual CG sees: D^{-1/2} (b - N x)
+        return float((problem.residual(x) * root).norm())
 
-        start = op.adjoint(y)
-        kwargs = {"data_diagonal": diagonal}
-        reduced = x_step(op, y, prior, decoded, mu, start, steps=200, reduction=0.1, **kwargs)
-        capped = x_step(op, y, prior, decoded, mu, start, steps=1, reduction=0.1, **kwargs)
-        full = x_step(op, y, prior, decoded, mu, start, steps=200, **kwargs)
-    assert scaled_residual(reduced) <= 0.1 * 1.01 * scaled_residual(start)
-    assert scaled_residual(full) < 0.01 * scaled_residual(reduced)  # it stopped early
-    assert scaled_residual(capped) > 0.1 * scaled_residual(start)  # steps still caps it
+    start = problem.op.adjoint(problem.y)
+    reduced = problem.solve(steps=200, reduction=0.1)
+    capped = problem.solve(steps=1, reduction=0.1)
+    full = problem.solve(steps=200)
+    assert scaled(reduced) <= 0.1 * 1.01 * scaled(start)
+    assert scaled(full) < 0.01 * scaled(reduced)  # it stopped early
+    assert scaled(capped) > 0.1 * scaled(start)  # steps still caps it
 
 
 def _run(kind: str, *, coils: int = 1, iterations: int = 8, **kwargs) -> list[AlternatingState]:
