@@ -29,13 +29,15 @@ draw): an estimate of the gaps where a GPU draws the scene in a few milliseconds
 compositing of the window, also done in software here, is not taken out).
 
 Run: ``xvfb-run -a .venv/bin/python benchmarks/event_loop_latency.py`` (about a minute);
-writes ``benchmarks/results/event_loop_latency.json`` and ``.md``. ``--quick`` only prints.
+writes ``benchmarks/results/event_loop_latency.json`` and ``.md``. ``--quick`` only prints;
+``--report-only`` rewrites the ``.md`` from the recorded ``.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import statistics
 import sys
@@ -431,13 +433,12 @@ first click shows each in a turn of its own). The convergence plot is painted wi
 What remains above 100 ms, all outside the iterations and the clicks that follow the first, is
 mostly `canvas draw`: the first drawing after napari's first progress bar, after a layer is
 added or shown, after grid mode is switched on (new vispy views and visuals, their shaders
-compiled) and after the first click's overlays (the list above has each gap's figures; in
-the runs recorded on 2026-12-03, 40-240 ms per draw in software). Less the drawing, one to
-three gaps per run stayed above 100 ms in the runs after the first (100-150 ms): where a run
-layer is shown in a grid that grows, napari rebuilds its grid of vispy views (`napari grid
-rebuild`, 10-20 ms per cell, in Python) and redraws; where one is added to a viewer with more
-layers, napari builds its layer controls and vispy visuals (`_add_run_layer`, 55-95 ms).
-napari's first progress bar of a session builds its activity dock (`_start_progress`).
+compiled) and after the first click's overlays. Less the drawing, what can stay above 100 ms
+in the runs after the first (the list above says which gaps did in this run; the number varies
+from run to run): where a run layer is shown in a grid that grows, napari rebuilds its grid of
+vispy views (`napari grid rebuild`, in Python) and redraws; where one is added to a viewer with
+more layers, napari builds its layer controls and vispy visuals (`_add_run_layer`). napari's
+first progress bar of a session builds its activity dock (`_start_progress`).
 
 The last two runs measure what napari's progress bar costs the solver: once with the bar
 stubbed (an object that shows nothing), once with the real bar but its activity indicator (a
@@ -531,7 +532,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 clicks, print only")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the .md from the recorded .json (after a change of this script's text)",
+    )
     args = parser.parse_args()
+    if args.report_only:
+        recorded = json.loads((_machine.RESULTS / f"{NAME}.json").read_text())
+        (_machine.RESULTS / f"{NAME}.md").write_text(markdown(recorded))
+        return
     _machine.pin_threads(args.threads or len(os.sched_getaffinity(0)))
     machine = _machine.machine_info()
     command = _machine.command_line()

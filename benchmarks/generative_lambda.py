@@ -254,8 +254,11 @@ def _cg_label(steps: int, reduction: float | None) -> str:
 
 
 def _at(row: dict, n: int, key: str = "psnr") -> float:
-    """``row``'s PSNR (or SSIM) after ``n`` iterations (rows that ran longer record it)."""
-    return row.get(f"{key}_at", {}).get(str(n), row[key])
+    """``row``'s PSNR (or SSIM) after ``n`` iterations (rows that ran longer record it); NaN
+    for a row that did not record ``n`` (a shorter run)."""
+    if row["iterations"] == n:
+        return row[key]
+    return row.get(f"{key}_at", {}).get(str(n), float("nan"))
 
 
 def rule_table(mine: list[dict], settings: list[tuple]) -> list[str]:

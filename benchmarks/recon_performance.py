@@ -174,6 +174,7 @@ def breakdown(problem, name: str) -> dict:
         "iterations": n,
         "z_steps": None if name == "range" or settings is None else settings.z_steps,
         "cg_steps": None if name == "range" or settings is None else settings.cg_steps,
+        "cg_reduction": None if name == "range" or settings is None else settings.cg_reduction,
         "per_iteration_s": per_iteration,
         "parts_s": parts,
         "calls_per_iteration": {p: timers.calls[p] / count for p in PARTS if p != "other"},

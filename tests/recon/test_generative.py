@@ -21,6 +21,7 @@ from napari_genreg.recon import METHODS, build_problem, get_method, iterate, rec
 from napari_genreg.recon.generative import (
     LAMBDA_NOISE_CONSTANT,
     LAMBDA_RANGE,
+    GenerativeSettings,
     generative_method,
     load_prior_model,
     model_spec_of,
@@ -129,6 +130,26 @@ def test_every_generative_method_runs_and_its_objective_decreases(name, models, 
     objectives = np.array(result.objectives)
     assert np.all(np.diff(objectives) <= 1e-9 * np.abs(objectives[:-1]))
     assert objectives[-1] < objectives[0]
+
+
+def test_the_x_step_settings_reach_the_solver(models, brain64, monkeypatch):
+    import napari_genreg.recon.generative as generative
+
+    seen = []
+    solver = generative.alternating_minimisation
+
+    def recording(*args, **kwargs):
+        seen.append((kwargs["cg_steps"], kwargs["cg_reduction"]))
+        return solver(*args, **kwargs)
+
+    monkeypatch.setattr(generative, "alternating_minimisation", recording)
+    problem = _problem(brain64)
+    with use_model(models["structured"]):
+        reconstruct(problem, "vae-structured", iterations=1)
+    custom = GenerativeSettings(cg_steps=7, cg_reduction=None)
+    method = generative_method("custom", "structured", models["structured"], settings=custom)
+    next(method.solve(problem, 1.0))
+    assert seen == [(50, 0.1), (7, None)]
 
 
 def test_a_model_of_another_covariance_is_refused(models, brain64):

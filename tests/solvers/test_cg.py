@@ -1,6 +1,7 @@
 import itertools
 
 import numpy as np
+import pytest
 import torch
 
 from napari_genreg.physics.operators import masked_fourier
@@ -77,3 +78,9 @@ def test_cg_reduction_stops_once_the_residual_of_the_start_has_fallen_by_the_fac
     assert len(reduced) == 1 or residual(reduced[-2].x) > 0.1 * residual(start)
     # the same iterates as without the stopping rule
     assert torch.equal(reduced[-1].x, full[len(reduced) - 1].x)
+
+
+@pytest.mark.parametrize("reduction", [0.0, 1.0, -0.1])
+def test_cg_reduction_outside_0_1_is_refused(reduction):
+    with pytest.raises(ValueError, match="reduction"):
+        next(conjugate_gradient(lambda v: v, torch.ones(3), reduction=reduction))

@@ -58,10 +58,10 @@ The Bayesian reading of the objective (maximum a posteriori under the learned pr
 noise level) gives ``lam = 1``. Measured on held-out data (``benchmarks/generative_lambda.py``,
 ``benchmarks/results/generative_lambda.md``: the three Colin27 sample slices, which the built-in
 models never saw, under random 4x, radial 6x and Poisson 6x masks at relative noise 0.01 and
-0.05; the x-step solved as below), ``lam = 1`` is too strong: at 5 % noise it loses 0.8 to
-1.8 dB to each setting's best weight (``vae-structured``, ``vae-diagonal``; 0.2 to 0.5 dB for
-``vae-identity``), at 1 % noise 0.2 to 0.6 dB. The methods use a weight inversely
-proportional to the relative noise level,
+0.05; the x-step solved as below), ``lam = 1`` is too strong: for ``vae-structured`` and
+``vae-diagonal`` it loses 0.8 to 1.8 dB to each setting's best weight at 5 % noise and 0.2 to
+0.6 dB at 1 % (``vae-identity``: 0.2 to 0.5 dB at 5 %, at most 0.2 at 1 %). The methods use
+a weight inversely proportional to the relative noise level,
 
 .. math:: \lambda = c / \sigma_{rel}, \qquad \sigma_{rel} = \sigma / \text{scale},
           \qquad c = 0.005 \ (:data:`LAMBDA_NOISE_CONSTANT`),
@@ -75,7 +75,8 @@ reconstructions (rule / best constant weight / ``lam = 1``): ``vae-structured`` 
 24.85 (0.1) / 24.16 dB, ``vae-diagonal`` 24.81 / 24.88 (0.05) / 24.00, ``vae-identity``
 23.42 / 23.49 (0.25) / 23.33. The rule was chosen when the x-step ran a fixed 6 CG iterations,
 where it led ``vae-diagonal``'s best constant by 0.05 dB; with the x-step solved, a constant
-near 0.1 does as well or slightly better (by 0.07 and 0.13 dB, on one subject) and the best
+near 0.1 does as well or slightly better (``vae-diagonal`` by 0.07 dB, ``vae-structured`` by
+0.13 dB, on one subject) and the best
 weight per setting hardly moves with the noise (0.05 to 0.2). The rule is kept: the data do not
 separate the two, and it keeps the Bayesian weight's limit on clean data.
 Likely reasons the Bayesian weight is too strong: the joint minimisation over ``(x, z)`` with the
@@ -86,12 +87,14 @@ the priors, trained on population templates, are smoother than one subject. ``ra
 
 The x-step (:class:`GenerativeSettings`: ``cg_reduction``, ``cg_steps``): Jacobi-preconditioned
 CG from the previous image until its residual has fallen to a tenth of the warm start's, at most
-50 iterations. A fixed 6 iterations (before 2026-12-03) was enough for the diagonal prior but
+50 iterations. A fixed 6 iterations (until 2026-12-03) was enough for the diagonal prior but
 left the structured prior's x-step unsolved (its precision, with off-diagonal weights up to 2.5
 times the diagonal, is worse conditioned): 24.43 dB after 20 outer iterations, still rising at 60
-(24.83), and 1.2 dB lower on the 1-D random masks. The tenfold reduction takes 21.5 CG
-iterations per x-step for ``vae-structured`` and 9.2 for ``vae-diagonal`` (mean over the 18
-reconstructions); a hundredfold one took twice as many for no gain (ad-hoc check on 4 settings).
+(24.83, in a run of ``--rule --iterations 60`` before the change, its rows since replaced), and
+up to 1.2 dB below ``vae-diagonal`` on the 1-D random masks of the 24-slice comparison. The
+tenfold reduction takes 21.5 CG iterations per x-step for ``vae-structured`` and 9.2 for
+``vae-diagonal`` (mean over the 18 reconstructions of 60 outer iterations); a hundredfold one
+took twice as many for no gain (ad-hoc check on 4 settings, not recorded).
 
 Iterations (:data:`DEFAULT_ITERATIONS`), from the time per outer iteration on 128 x 128 on one
 CPU core (same results file) and the convergence of the mean PSNR: ``vae-structured`` 0.050 s
@@ -257,7 +260,7 @@ class GenerativeSettings:
         conjugate-gradient iterations per x-step at most, when it has no closed form.
     cg_reduction
         the x-step's CG stops earlier once its (preconditioned) residual is this fraction of
-        the warm start's; ``None``: only after ``cg_steps``.
+        the warm start's; ``None``: only ``cg_steps`` (or convergence to rounding) stops it.
     learning_rate
         Adam's initial step on ``z``.
     restarts

@@ -22,7 +22,8 @@ prior as it is, as in ``DESIGN.md``'s z-step). Each iteration is
   k-space on the measured grid and a multiple of the identity on the padding: solved exactly
   (:func:`shifted_fourier_solve`). Otherwise warm-started conjugate gradients, with a Jacobi
   (diagonal) preconditioner when the caller gives ``diag(A^H A)``, for at most ``cg_steps``
-  iterations or until the residual has fallen by ``cg_reduction``. An x-step that
+  iterations or until the residual has fallen to ``cg_reduction`` times the warm start's. An
+  x-step that
   would raise the subproblem's value (rounding, at convergence) is discarded.
 * **z-step** (``x`` fixed): ``z_steps`` Adam steps on
   :math:`\lambda[\log\det\Sigma(z) + \tfrac12\|Px - G(z)\|^2_{\Sigma^{-1}}] + \tfrac12\|z\|^2`
@@ -340,8 +341,8 @@ def alternating_minimisation(
         Adam steps per z-step.
     cg_steps, cg_reduction
         conjugate-gradient iterations per x-step at most (when there is no closed form), and
-        the reduction of its residual at which it stops earlier (``reduction`` of
-        :func:`x_step`).
+        the fraction of the warm start's residual at which it stops earlier (``reduction`` of
+        :func:`x_step`; ``None``: only ``cg_steps`` and convergence to rounding stop it).
     learning_rate
         Adam's initial step on ``z``.
     shifted_solve, data_diagonal

@@ -46,6 +46,8 @@ def conjugate_gradient(
     SolverState
         Stops by itself only at convergence; otherwise the caller stops.
     """
+    if reduction is not None and not 0.0 < reduction < 1.0:
+        raise ValueError(f"reduction must lie in (0, 1), got {reduction}")
     if rtol is None:
         rtol = 10 * torch.finfo(rhs.dtype).eps
     threshold = rtol**2 * float(torch.vdot(rhs.flatten(), rhs.flatten()).real)
