@@ -98,12 +98,13 @@ took twice as many for no gain (ad-hoc check on 4 settings, not recorded).
 
 Iterations (:data:`DEFAULT_ITERATIONS`), from the time per outer iteration on 128 x 128 on one
 CPU core (same results file) and the convergence of the mean PSNR: ``vae-structured`` 0.050 s
-per iteration (2 decoder forward and backward passes at 0.019 s, the x-step's CG, the
-objective), 20 iterations, 1 s (mean PSNR 24.72 dB at 20 iterations, 24.78 at 30, 24.87 at
-60); ``vae-diagonal`` 0.037 s, 20 iterations (24.81; 24.89 at 60); ``vae-identity`` 0.056 s
-(closed-form x-step, 0.6 ms; measured on a slower day), 40 iterations, 2.4 s; ``range`` 0.082 s
-(three starts at once, the same day), 60 iterations, 5.1 s. Two Adam steps per z-step match
-four per z-step at equal time.
+per iteration timed at ``lam = 1`` (2 decoder forward and backward passes at 0.019 s, the
+x-step's CG, the objective; at the rule's smaller weights the x-step needs more CG iterations:
+3.08 s per 60 iterations in the convergence runs), 20 iterations, 1 s (mean PSNR 24.72 dB at 20
+iterations, 24.78 at 30, 24.87 at 60); ``vae-diagonal`` 0.037 s, 20 iterations (24.81; 24.89 at
+60); ``vae-identity`` 0.056 s (closed-form x-step, 0.6 ms; measured on a slower day), 40
+iterations, 2.4 s; ``range`` 0.082 s (three starts at once, the same day), 60 iterations, 5.1 s.
+Two Adam steps per z-step match four per z-step at equal time.
 
 ``adapt`` (:data:`ADAPT_SETTINGS`, ``benchmarks/adapt_settings.py``,
 ``benchmarks/results/adapt_settings.md``; the same 18 held-out reconstructions): ``lam = 1``
