@@ -146,10 +146,10 @@ def test_the_x_step_settings_reach_the_solver(models, brain64, monkeypatch):
     problem = _problem(brain64)
     with use_model(models["structured"]):
         reconstruct(problem, "vae-structured", iterations=1)
-    custom = GenerativeSettings(cg_steps=7, cg_reduction=None)
+    custom = GenerativeSettings(cg_steps=50, cg_reduction=0.1)
     method = generative_method("custom", "structured", models["structured"], settings=custom)
     next(method.solve(problem, 1.0))
-    assert seen == [(50, 0.1), (7, None)]
+    assert seen == [(6, None), (50, 0.1)]
 
 
 def test_a_model_of_another_covariance_is_refused(models, brain64):
