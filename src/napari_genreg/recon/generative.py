@@ -97,17 +97,16 @@ at equal time.
 
 The x-step (:class:`GenerativeSettings`): 6 Jacobi-preconditioned CG iterations from the
 previous image, a fixed count (``cg_steps``). ``cg_reduction`` instead runs CG until its
-residual has fallen to that fraction of the warm start's (at most ``cg_steps``). Measured with
-``cg_reduction = 0.1, cg_steps = 50`` (2026-12-03; results at commit 258e6c0, then reverted):
-on single-coil data it is better for ``vae-structured`` (24.43 -> 24.72 dB on the 18
-reconstructions above; the 24-slice comparison's mean 24.41 -> 24.72, up to +0.85 dB on random
-4x), as its precision is worse conditioned than the others' and 6 iterations leave it unsolved;
-``vae-diagonal`` barely changes. But on 8-coil SENSE data at 256 x 256 (synthetic coil maps,
-random 4x; ad-hoc check) the PSNR of ``vae-structured`` peaks after about 10 outer iterations
-and then falls (35.4 dB at 10, 31.0 at 20, 26.8 at 40 at 0.1 % noise; with 6 CG iterations
-34.7 at 20, 33.6 at 40): spurious intensity grows in the image corners, where the coils' data
-constrain little, and ``vae-diagonal`` shows the same drift more slowly. The truncated x-step
-slows the drift, so it stays the default until the objective's drift is understood.
+residual has fallen to that fraction of the warm start's (at most ``cg_steps``).
+``benchmarks/xstep_accuracy.py`` (``benchmarks/results/xstep_accuracy.md``) compares 6
+iterations with ``cg_steps = 50, cg_reduction = 0.1``: on single-coil data the solved x-step is
+better for ``vae-structured`` (+1.3 to +3.0 dB after 20 outer iterations; its precision is worse
+conditioned than the others'), ``vae-diagonal`` barely changes; on 8-coil SENSE data at 256 x 256
+it makes ``vae-structured`` peak after about 10 outer iterations and then fall (35.4 dB at 10,
+31.0 at 20, 26.8 at 40 at 0.1 % noise; with 6 CG iterations 34.7 at 20, 33.6 at 40): spurious
+intensity grows in the image corners, where the coils' data constrain little. The truncated
+x-step slows that drift of the joint objective, so it stays the default until the drift is
+understood.
 
 ``adapt`` (:data:`ADAPT_SETTINGS`, ``benchmarks/adapt_settings.py``,
 ``benchmarks/results/adapt_settings.md``; the same 18 held-out reconstructions): ``lam = 1``
