@@ -25,6 +25,7 @@ from napari_genreg.recon.generative import (
     generative_method,
     load_prior_model,
     model_spec_of,
+    normalise,
     padded_shape,
     use_model,
 )
@@ -225,6 +226,24 @@ def test_multicoil_sense_problems_run(models, brain64):
     assert np.all(np.isfinite(result.image)) and result.latent.shape == (4, 8, 8)
     objectives = np.array(result.objectives)
     assert np.all(np.diff(objectives) <= 1e-9 * np.abs(objectives[:-1]))
+
+
+def test_pixels_no_coil_sees_stay_zero_in_the_generative_reconstruction(models, brain64):
+    image = torch.from_numpy(brain64).to(torch.complex64)
+    maps = synthetic_maps(4, brain64.shape)
+    kspace = simulate_multicoil(image, maps).numpy()[None]
+    data = KSpaceData(kspace, brain64[None], None, Metadata("mc", brain64.shape, 0.01))
+    mask = make_mask("random", brain64.shape, acceleration=3, center_fraction=0.2, seed=1)
+    problem = build_problem(data, mask)
+    blind = (problem.maps.abs().square().sum(dim=0) == 0).numpy()
+    assert 0 < blind.sum() < blind.size  # ESPIRiT's maps vanish outside the object
+    normalised = normalise(problem, 8)
+    np.testing.assert_array_equal(normalised.support.numpy() == 0, blind)
+    with use_model(models["structured"]):
+        result = reconstruct(problem, "vae-structured", iterations=3)
+    assert np.all(result.image[blind] == 0) and result.image[~blind].max() > 0
+    # single-coil data: every pixel is seen
+    assert normalise(_problem(brain64), 8).support is None
 
 
 def test_models_are_loaded_once_and_never_modified(models, brain64):

@@ -175,6 +175,22 @@ def test_x_step_reduction_stops_once_its_preconditioned_residual_has_fallen_by_t
     assert any(torch.equal(reduced, problem.solve(steps=k)) for k in (first - 1, first, first + 1))
 
 
+@pytest.mark.parametrize("jacobi", [False, True])
+def test_x_step_on_a_support_solves_there_and_keeps_zero_outside(jacobi):
+    problem = _sense_x_step("structured", mu=2.0 * 0.02**2)
+    support = torch.ones(SIZE, SIZE)
+    support[:4] = 0  # a band no measurement is allowed to fill
+    support[:, -3:] = 0
+    x = problem.solve(steps=300, jacobi=jacobi, support=support)
+    assert torch.all(x[support == 0] == 0)
+    # the normal equations restricted to the support: S (b - N S x) = 0
+    residual = problem.residual(x) * support
+    assert float(residual.norm() / (problem.rhs * support).norm()) < 1e-4
+    # and it differs from the solve everywhere, which does fill the band
+    free = problem.solve(steps=300, jacobi=jacobi)
+    assert float(free[support == 0].abs().max()) > 0
+
+
 def test_x_step_reduction_without_a_preconditioner():
     problem = _sense_x_step("structured", mu=0.02**2)
     start = problem.op.adjoint(problem.y)

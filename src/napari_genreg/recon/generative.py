@@ -363,6 +363,11 @@ class NormalisedProblem:
     measured
         boolean ``(H, W)``: the sampled k-space locations (from ``A``'s mask), or ``None``
         when ``A`` is not ``M F`` or ``M F S``.
+    support
+        float ``(Hp, Wp)``, 0 where every coil's sensitivity is 0 (ESPIRiT's maps vanish
+        outside the object, so the data say nothing there) and 1 elsewhere, the padding
+        included; ``None`` when there is no such pixel (single coil, or maps everywhere).
+        The x-step keeps the image at 0 outside it, as SENSE does.
     """
 
     op: LinearOperator
@@ -375,6 +380,7 @@ class NormalisedProblem:
     shifted_solve: object = field(repr=False)
     data_diagonal: torch.Tensor | None = field(repr=False)
     measured: torch.Tensor | None = field(default=None, repr=False)
+    support: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -419,6 +425,7 @@ def normalise(problem: Problem, factor: int) -> NormalisedProblem:
     shifted = None
     diagonal = None
     measured = None
+    support = None
     if parts is not None:
         weights, maps = parts
         fraction = weights.float().mean().to(problem.device)
@@ -428,12 +435,14 @@ def normalise(problem: Problem, factor: int) -> NormalisedProblem:
             else maps.abs().square().sum(dim=0).float()
         )
         diagonal = crop.adjoint(fraction * inner)
+        if maps is not None and bool((inner == 0).any()):
+            support = crop.adjoint((inner > 0).float() - 1) + 1  # 1 on the padding
         if maps is None and weights.ndim == 2:
             shifted = shifted_fourier_solve(weights.to(problem.device), padded)
         if weights.ndim <= 2:
             measured = torch.broadcast_to(weights != 0, y.shape[-2:]).to(problem.device)
     return NormalisedProblem(
-        op, y, problem.noise_sigma / c, c, crop, phase, x0, shifted, diagonal, measured
+        op, y, problem.noise_sigma / c, c, crop, phase, x0, shifted, diagonal, measured, support
     )
 
 
@@ -549,6 +558,7 @@ class GenerativeSolve:
                 learning_rate=s.learning_rate,
                 shifted_solve=normalised.shifted_solve,  # type: ignore[arg-type]
                 data_diagonal=normalised.data_diagonal,
+                support=normalised.support,
                 restarts=s.restarts,
                 generator=generator,
             )

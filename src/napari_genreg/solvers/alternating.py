@@ -177,6 +177,7 @@ def x_step(
     shifted_solve: Callable[[Tensor, float], Tensor] | None = None,
     data_diagonal: Tensor | None = None,
     adjoint_y: Tensor | None = None,
+    support: Tensor | None = None,
 ) -> Tensor:
     r"""Solve (or improve on ``x`` towards) the x-step's normal equations.
 
@@ -209,6 +210,11 @@ def x_step(
         \Sigma^{-1}` (CG on :math:`D^{-1/2} N D^{-1/2}`).
     adjoint_y
         :math:`A^H y` if already computed (it does not change between x-steps).
+    support
+        real ``(H, W)`` of 0 and 1: the image is kept at 0 where it is 0 (pixels no
+        measurement sees, such as those where every coil sensitivity vanishes: there the
+        prior alone would set them, :math:`x = G(z)`). The normal equations are solved on the
+        support (CG on :math:`S N S`); ``None``: everywhere.
 
     Returns
     -------
@@ -221,8 +227,15 @@ def x_step(
     if shifted_solve is not None and variance is not None and mu > 0:
         return shifted_solve(rhs, mu / variance).to(x.dtype)
 
-    def normal(v: Tensor) -> Tensor:
+    def everywhere(v: Tensor) -> Tensor:
         return torch.add(op.normal(v), prior.precision(decoded, v).to(v.dtype), alpha=mu)
+
+    def on_support(v: Tensor) -> Tensor:
+        return everywhere(v * support) * support
+
+    normal = everywhere
+    if support is not None:  # the iterates stay 0 outside: S N S, S b and S x0
+        normal, rhs, x = on_support, rhs * support, x * support
 
     if data_diagonal is None:
         states = conjugate_gradient(normal, rhs, x, reduction=reduction)
@@ -316,6 +329,7 @@ def alternating_minimisation(
     learning_rate: float = 0.05,
     shifted_solve: Callable[[Tensor, float], Tensor] | None = None,
     data_diagonal: Tensor | None = None,
+    support: Tensor | None = None,
     restarts: int = 0,
     generator: torch.Generator | None = None,
 ) -> Iterator[AlternatingState]:
@@ -345,7 +359,7 @@ def alternating_minimisation(
         :func:`x_step`; ``None``: only ``cg_steps`` and convergence to rounding stop it).
     learning_rate
         Adam's initial step on ``z``.
-    shifted_solve, data_diagonal
+    shifted_solve, data_diagonal, support
         see :func:`x_step`.
     restarts
         extra starting latents :math:`z \sim \mathcal N(0, I)` drawn from ``generator``; the
@@ -397,6 +411,7 @@ def alternating_minimisation(
             shifted_solve=shifted_solve,
             data_diagonal=data_diagonal,
             adjoint_y=adjoint_y,
+            support=support,
         )
 
     x = x0.detach().clone()
