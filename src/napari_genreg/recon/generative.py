@@ -58,11 +58,10 @@ The Bayesian reading of the objective (maximum a posteriori under the learned pr
 noise level) gives ``lam = 1``. Measured on held-out data (``benchmarks/generative_lambda.py``,
 ``benchmarks/results/generative_lambda.md``: the three Colin27 sample slices, which the built-in
 models never saw, under random 4x, radial 6x and Poisson 6x masks at relative noise 0.01 and
-0.05), ``lam = 1`` is too strong at high noise: at 1 % noise the weights 0.5 to 1 lose at most
-0.3 dB to each setting's best (0.4 dB with the present structured prior), at 5 % noise
-``lam = 1`` loses 0.5 to 1.7 dB to ``lam = 0.1`` (``vae-structured``, ``vae-diagonal``; 0.2 to
-0.5 dB for ``vae-identity``). The data
-support a weight inversely proportional to the relative noise level,
+0.05; the x-step solved as below), ``lam = 1`` is too strong: for ``vae-structured`` and
+``vae-diagonal`` it loses 0.8 to 1.8 dB to each setting's best weight at 5 % noise and 0.2 to
+0.6 dB at 1 % (``vae-identity``: 0.2 to 0.5 dB at 5 %, at most 0.2 at 1 %). The methods use
+a weight inversely proportional to the relative noise level,
 
 .. math:: \lambda = c / \sigma_{rel}, \qquad \sigma_{rel} = \sigma / \text{scale},
           \qquad c = 0.005 \ (:data:`LAMBDA_NOISE_CONSTANT`),
@@ -72,41 +71,49 @@ lower percentile), and 1, the Bayesian weight, on noiseless data (where the nois
 :data:`~napari_genreg.recon.problem.NOISE_FLOOR` applies). In the normalised x-step the prior's
 weight is then :math:`\mu = \lambda\sigma_{rel}^2 = c\,\sigma_{rel}`, linear in the noise
 like the classical rules of :mod:`~napari_genreg.recon.methods`. Mean PSNR over the 18
-reconstructions: ``vae-diagonal`` 24.79 dB with the rule, 24.74 with the best constant (0.1),
-23.99 with ``lam = 1``; ``vae-identity`` 23.42 / 23.49 / 23.33 (nearly flat); ``vae-structured``
-25.00 / 24.78 / 24.06 with the first shipped prior (off-diagonal bound 0.9, for which the rule
-was chosen) and 24.43 / 24.26 (0.25) / 24.05 with the present one (bound 2.5). The rule is
-within 0.22 dB of each setting's own best weight (0.40 dB for the present structured prior).
+reconstructions (rule / best constant weight / ``lam = 1``): ``vae-structured`` 24.72 /
+24.85 (0.1) / 24.16 dB, ``vae-diagonal`` 24.81 / 24.88 (0.05) / 24.00, ``vae-identity``
+23.42 / 23.49 (0.25) / 23.33. The rule was chosen when the x-step ran a fixed 6 CG iterations,
+where it led ``vae-diagonal``'s best constant by 0.05 dB; with the x-step solved, a constant
+near 0.1 does as well or slightly better (``vae-diagonal`` by 0.07 dB, ``vae-structured`` by
+0.13 dB, on one subject) and the best
+weight per setting hardly moves with the noise (0.05 to 0.2). The rule is kept: the data do not
+separate the two, and it keeps the Bayesian weight's limit on clean data.
 Likely reasons the Bayesian weight is too strong: the joint minimisation over ``(x, z)`` with the
 poster's :math:`\log\det\Sigma` (rather than the likelihood's
 :math:`\tfrac12\log\det\Sigma`) favours latents with a small, over-confident covariance, and
 the priors, trained on population templates, are smoother than one subject. ``range``'s weight
 (on :math:`\tfrac12\|z\|^2` alone) barely matters (0.05 dB over 0.25 to 4): ``lam = 1``.
 
-Iterations (:data:`DEFAULT_ITERATIONS`), from the time per outer iteration on 128 x 128 on one
-CPU core (same results file, first measured on a slower day of the machine) and the convergence
-of the mean PSNR: ``vae-structured`` 0.104 s per iteration (2 decoder forward and backward
-passes at 0.037 s, 6 Jacobi-preconditioned CG iterations of the x-step at 0.023 s, the objective
-at 0.002 s), 20 iterations, 2.3 s (25.00 dB with the first prior; 30 and 40 iterations reached
-25.06; with the present prior 24.43 at 20, 24.61 at 30, 24.83 at 60 on these single-coil
-slices, but on multi-coil data more iterations hurt, below); ``vae-diagonal`` 0.073 s, 20
-iterations, 1.6 s (24.79 at 20, 24.89 at 60);
-``vae-identity`` 0.056 s (closed-form x-step, 0.6 ms), 40 iterations, 2.4 s; ``range`` 0.082 s
-(three starts at once), 60 iterations, 5.1 s. Two Adam steps per z-step match four per z-step
-at equal time.
+The x-step (:class:`GenerativeSettings`: ``cg_reduction``, ``cg_steps``): Jacobi-preconditioned
+CG from the previous image until its residual has fallen to a tenth of the warm start's, at most
+50 iterations. A fixed 6 iterations (until 2026-12-03) was enough for the diagonal prior but
+left the structured prior's x-step unsolved (its precision, with off-diagonal weights up to 2.5
+times the diagonal, is worse conditioned): 24.43 dB after 20 outer iterations, still rising at 60
+(24.83, in a run of ``--rule --iterations 60`` before the change, its rows since replaced), and
+up to 1.2 dB below ``vae-diagonal`` on the 1-D random masks of the 24-slice comparison. The
+tenfold reduction takes 21.5 CG iterations per x-step for ``vae-structured`` and 9.2 for
+``vae-diagonal`` (mean over the 18 reconstructions of 60 outer iterations); a hundredfold one
+took twice as many for no gain (ad-hoc check on 4 settings, not recorded).
+``benchmarks/xstep_accuracy.py`` (``benchmarks/results/xstep_accuracy.md``) compares the two
+x-steps on 1 and 8 coils, 128 and 256, 0.1 % and 1 % noise: after 20 outer iterations the
+solved one is better for ``vae-structured`` in 7 of the 8 settings (+1.3 to +3.0 dB on one
+coil, +0.1 to +0.6 dB on 8 coils; 0.4 dB worse on 8 coils at 128 and 0.1 % noise) and within
+0.4 dB for ``vae-diagonal``. On multi-coil data the x-step keeps pixels that no coil sees at 0
+(:attr:`NormalisedProblem.support`); without that, those pixels followed the prior's mean as the
+latent drifted and the solved x-step's PSNR fell after 10 outer iterations (8 coils, 256: 35.4
+dB at 10, 31.0 at 20, 26.8 at 40, in the benchmark's results at commit f260dc3; now 35.8 at 20,
+35.9 at 40).
 
-The x-step (:class:`GenerativeSettings`): 6 Jacobi-preconditioned CG iterations from the
-previous image, a fixed count (``cg_steps``). ``cg_reduction`` instead runs CG until its
-residual has fallen to that fraction of the warm start's (at most ``cg_steps``).
-``benchmarks/xstep_accuracy.py`` (``benchmarks/results/xstep_accuracy.md``) compares 6
-iterations with ``cg_steps = 50, cg_reduction = 0.1``: on single-coil data the solved x-step is
-better for ``vae-structured`` (+1.3 to +3.0 dB after 20 outer iterations; its precision is worse
-conditioned than the others'), ``vae-diagonal`` barely changes; on 8-coil SENSE data at 256 x 256
-it makes ``vae-structured`` peak after about 10 outer iterations and then fall (35.4 dB at 10,
-31.0 at 20, 26.8 at 40 at 0.1 % noise; with 6 CG iterations 34.7 at 20, 33.6 at 40): spurious
-intensity grows in the image corners, where the coils' data constrain little. The truncated
-x-step slows that drift of the joint objective, so it stays the default until the drift is
-understood.
+Iterations (:data:`DEFAULT_ITERATIONS`), from the time per outer iteration on 128 x 128 on one
+CPU core (same results file) and the convergence of the mean PSNR: ``vae-structured`` 0.050 s
+per iteration timed at ``lam = 1`` (2 decoder forward and backward passes at 0.019 s, the
+x-step's CG, the objective; at the rule's smaller weights the x-step needs more CG iterations:
+3.08 s per 60 iterations in the convergence runs), 20 iterations, 1 s (mean PSNR 24.72 dB at 20
+iterations, 24.78 at 30, 24.87 at 60); ``vae-diagonal`` 0.037 s, 20 iterations (24.81; 24.89 at
+60); ``vae-identity`` 0.056 s (closed-form x-step, 0.6 ms; measured on a slower day), 40
+iterations, 2.4 s; ``range`` 0.082 s (three starts at once, the same day), 60 iterations, 5.1 s.
+Two Adam steps per z-step match four per z-step at equal time.
 
 ``adapt`` (:data:`ADAPT_SETTINGS`, ``benchmarks/adapt_settings.py``,
 ``benchmarks/results/adapt_settings.md``; the same 18 held-out reconstructions): ``lam = 1``
@@ -273,8 +280,8 @@ class GenerativeSettings:
     """
 
     z_steps: int = 2
-    cg_steps: int = 6
-    cg_reduction: float | None = None
+    cg_steps: int = 50
+    cg_reduction: float | None = 0.1
     learning_rate: float = 0.05
     restarts: int = 0
     seed: int = 0
