@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _instrument import CGCounter
 from _machine import RESULTS, command_line, machine_info, machine_line, pin_threads
 
 LAMS = [0.25, 0.5, 1.0, 2.0, 4.0]
@@ -51,31 +52,6 @@ def _problem(image, mask_name: str, acc: int, sigma: float):
     return build_problem(data, mask)
 
 
-class _CGCounter:
-    """Counts the x-steps' conjugate-gradient solves and their iterations (wraps the function
-    the alternating solver calls)."""
-
-    def __init__(self) -> None:
-        import napari_genreg.solvers.alternating as alternating
-
-        self.solves = self.iterations = 0
-        wrapped = alternating.conjugate_gradient
-
-        def counting(*args, **kwargs):
-            self.solves += 1
-            for state in wrapped(*args, **kwargs):
-                self.iterations += 1
-                yield state
-
-        alternating.conjugate_gradient = counting
-
-    def take(self) -> float | None:
-        """Mean iterations per solve since the last call (``None`` without a solve)."""
-        mean = self.iterations / self.solves if self.solves else None
-        self.solves = self.iterations = 0
-        return mean
-
-
 def sweep(
     methods: list[str], iterations: int | None, lams: list[float | None], quick: bool = False
 ) -> list[dict]:
@@ -85,7 +61,7 @@ def sweep(
     from napari_genreg.samples import load_stack
 
     rows = []
-    cg = _CGCounter()
+    cg = CGCounter()
     images = list(load_stack("brain"))[: 1 if quick else None]
     start = time.perf_counter()
     for mask_name, acc in MASKS[: 1 if quick else None]:
