@@ -71,14 +71,13 @@ lower percentile), and 1, the Bayesian weight, on noiseless data (where the nois
 :data:`~napari_genreg.recon.problem.NOISE_FLOOR` applies). In the normalised x-step the prior's
 weight is then :math:`\mu = \lambda\sigma_{rel}^2 = c\,\sigma_{rel}`, linear in the noise
 like the classical rules of :mod:`~napari_genreg.recon.methods`. Mean PSNR over the 18
-reconstructions (rule / best constant weight / ``lam = 1``): ``vae-structured`` 24.72 /
-24.85 (0.1) / 24.16 dB, ``vae-diagonal`` 24.81 / 24.88 (0.05) / 24.00, ``vae-identity``
-23.42 / 23.49 (0.25) / 23.33. The rule was chosen when the x-step ran a fixed 6 CG iterations,
-where it led ``vae-diagonal``'s best constant by 0.05 dB; with the x-step solved, a constant
-near 0.1 does as well or slightly better (``vae-diagonal`` by 0.07 dB, ``vae-structured`` by
-0.13 dB, on one subject) and the best
-weight per setting hardly moves with the noise (0.05 to 0.2). The rule is kept: the data do not
-separate the two, and it keeps the Bayesian weight's limit on clean data.
+reconstructions (rule / best constant weight / ``lam = 1``): ``vae-structured`` 24.72 / 24.85
+(0.1) / 24.16 dB, ``vae-diagonal`` 24.81 / 24.88 (0.05) / 24.00, ``vae-identity`` 23.42 / 23.49
+(0.25) / 23.33. The rule was chosen when the x-step ran a fixed 6 CG iterations, where it led
+``vae-diagonal``'s best constant by 0.05 dB; with the x-step solved, a constant near 0.1 does as
+well or slightly better (``vae-diagonal`` by 0.07 dB, ``vae-structured`` by 0.13 dB, on one
+subject) and the best weight per setting hardly moves with the noise (0.05 to 0.2). The rule is
+kept: the data do not separate the two, and it keeps the Bayesian weight's limit on clean data.
 Likely reasons the Bayesian weight is too strong: the joint minimisation over ``(x, z)`` with the
 poster's :math:`\log\det\Sigma` (rather than the likelihood's
 :math:`\tfrac12\log\det\Sigma`) favours latents with a small, over-confident covariance, and
