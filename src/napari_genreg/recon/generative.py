@@ -89,7 +89,7 @@ CG from the previous image until its residual has fallen to a tenth of the warm 
 50 iterations. A fixed 6 iterations (until 2026-12-03) was enough for the diagonal prior but
 left the structured prior's x-step unsolved (its precision, with off-diagonal weights up to 2.5
 times the diagonal, is worse conditioned): 24.43 dB after 20 outer iterations, still rising at 60
-(24.83, in a run of ``--rule --iterations 60`` before the change, its rows since replaced), and
+(24.83; ``--rule --iterations 60`` with 6 CG iterations, results at commit 0d0a9c3), and
 up to 1.2 dB below ``vae-diagonal`` on the 1-D random masks of the 24-slice comparison. The
 tenfold reduction takes 21.5 CG iterations per x-step for ``vae-structured`` and 9.2 for
 ``vae-diagonal`` (mean over the 18 reconstructions of 60 outer iterations); a hundredfold one
