@@ -92,8 +92,8 @@ times the diagonal, is worse conditioned): 24.43 dB after 20 outer iterations, s
 (24.83; ``--rule --iterations 60`` with 6 CG iterations, results at commit 0d0a9c3), and
 up to 1.2 dB below ``vae-diagonal`` on the 1-D random masks of the 24-slice comparison. The
 tenfold reduction takes 21.5 CG iterations per x-step for ``vae-structured`` and 9.2 for
-``vae-diagonal`` (mean over the 18 reconstructions of 60 outer iterations); a hundredfold one
-took twice as many for no gain (ad-hoc check on 4 settings, not recorded).
+``vae-diagonal`` (mean over the 18 reconstructions of 60 outer iterations); a tighter
+reduction cost more CG iterations for no gain in an unrecorded check.
 ``benchmarks/xstep_accuracy.py`` (``benchmarks/results/xstep_accuracy.md``) compares the two
 x-steps on 1 and 8 coils, 128 and 256, 0.1 % and 1 % noise: after 20 outer iterations the
 solved one is better for ``vae-structured`` in 7 of the 8 settings (+1.3 to +3.0 dB on one

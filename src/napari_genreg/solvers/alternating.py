@@ -23,8 +23,7 @@ prior as it is, as in ``DESIGN.md``'s z-step). Each iteration is
   (:func:`shifted_fourier_solve`). Otherwise warm-started conjugate gradients, with a Jacobi
   (diagonal) preconditioner when the caller gives ``diag(A^H A)``, for at most ``cg_steps``
   iterations or until the residual has fallen to ``cg_reduction`` times the warm start's. An
-  x-step that
-  would raise the subproblem's value (rounding, at convergence) is discarded.
+  x-step that would raise the subproblem's value (rounding, at convergence) is discarded.
 * **z-step** (``x`` fixed): ``z_steps`` Adam steps on
   :math:`\lambda[\log\det\Sigma(z) + \tfrac12\|Px - G(z)\|^2_{\Sigma^{-1}}] + \tfrac12\|z\|^2`
   through the decoder. The gradient is taken with respect to ``z`` only
