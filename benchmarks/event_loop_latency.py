@@ -270,6 +270,9 @@ def run(quick: bool) -> dict:
     _, recon = viewer.window.add_plugin_dock_widget("napari-genreg", "Reconstruct")
     _, inspector = viewer.window.add_plugin_dock_widget("napari-genreg", "Covariance Inspector")
     wait(recon.is_ready, 120)
+    # the glyphs of the names grid mode writes, rendered a few per turn once the widget opens
+    # (about 0.5 s here; a user takes longer to choose a run's settings)
+    wait(lambda: not recon._glyphs, 30)
     renderer = _gl_renderer(viewer)
     calls = Calls()
     for name in RECON_HANDLERS:
@@ -421,7 +424,13 @@ of its own (it processes events) the progress bar, are refreshed at most every 0
 is added or removed during the iterations: the worker builds the problem and waits while the
 widget adds the run's layers (one per method, named as its result, transparent until its first
 preview; added hidden and shown in the next turn) and switches grid mode on, one napari call
-per event-loop turn; the previews and then the result replace that layer's data. While the run
+per event-loop turn; the previews and then the result replace that layer's data. Grid mode
+writes each image's name in its cell, one name per turn after the grid is on (in a grid
+switched on with the names shown, the first draw builds every name's text program as well as
+every image's); while a new layer grows a grid, the names are taken away and written again
+after it (napari moves every layer into new views and rebuilds what each draws). The glyphs of
+the names are rendered a few per turn when the widget opens (before, the first draw of each
+name rendered its new glyphs). While the run
 goes on, the Reconstruct widget keeps Python's cycle collector off the objects that existed
 when it started (gc.freeze, undone when it ends): a full collection of the ~385 000 objects of
 a napari process takes 120-400 ms, and it comes after the run instead (the `gc gen 2` of
@@ -430,15 +439,17 @@ reconstruction is chosen, its latent warmed up and no run going on; a click upda
 first click shows each in a turn of its own). The convergence plot is painted with QPainter
 (about 7 ms with a curve of 1000 iterations).
 
-What remains above 100 ms, all outside the iterations and the clicks that follow the first, is
-mostly `canvas draw`: the first drawing after napari's first progress bar, after a layer is
-added or shown, after grid mode is switched on (new vispy views and visuals, their shaders
-compiled) and after the first click's overlays. Less the drawing, what can stay above 100 ms
-in the runs after the first (the list above says which gaps did in this run; the number varies
-from run to run): where a run layer is shown in a grid that grows, napari rebuilds its grid of
-vispy views (`napari grid rebuild`, in Python) and redraws; where one is added to a viewer with
-more layers, napari builds its layer controls and vispy visuals (`_add_run_layer`). napari's
-first progress bar of a session builds its activity dock (`_start_progress`).
+What remains above 100 ms, all outside the iterations and the clicks that follow the first
+(the list above says which gaps did in this run; the number varies from run to run), is
+napari's and vispy's: the first drawing after napari's first progress bar, after a layer is
+added or shown, after grid mode is switched on (new vispy views and visuals: their shader
+programs generated, in Python, and compiled) and after the first click's overlays (`canvas
+draw`); where a run layer is shown in a grid that grows, napari rebuilds its grid of vispy
+views (`napari grid rebuild`, in Python) and redraws all that the grid shows; where one is
+added to a viewer with more layers, napari builds its layer controls and vispy visuals
+(`_add_run_layer`, 50-100 ms here). napari's first progress bar of a session builds its
+activity dock (`_start_progress`). After the run, Python's first full collection of the heap
+that was frozen during it (`gc gen 2`, 120-400 ms) comes within *inspector prepares*.
 
 The last two runs measure what napari's progress bar costs the solver: once with the bar
 stubbed (an object that shows nothing), once with the real bar but its activity indicator (a

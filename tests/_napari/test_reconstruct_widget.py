@@ -72,6 +72,11 @@ def grid(viewer):
     return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
 
 
+def named(viewer) -> set[str]:
+    """The layers whose name is written in their grid cell."""
+    return {layer.name for layer in viewer.layers if layer.name_overlay.visible}
+
+
 def layer_state(viewer) -> list[tuple[str, bytes]]:
     return [(layer.name, np.asarray(layer.data).tobytes()) for layer in viewer.layers]
 
@@ -156,8 +161,9 @@ def test_two_regularisers_end_to_end(sample, qtbot):
     assert set(curves) == {"tv"} and len(curves["tv"]) == 25
     np.testing.assert_allclose(curves["tv"], session.relative_excess(tv["objectives"]))
     assert widget.plot.labels() == {"tv": "tv"}
-    # side by side: grid mode, with the k-space and the mask hidden
+    # side by side: grid mode, with the k-space and the mask hidden and each name in its cell
     assert grid(viewer).enabled
+    assert named(viewer) == {"brain", *names}
     assert not viewer.layers["brain k-space"].visible
     assert not viewer.layers[MASK_LAYER_NAME].visible
     widget.grid_check.setChecked(False)
@@ -289,6 +295,43 @@ def test_a_cancelled_run_leaves_grid_mode_as_the_run_found_it(sample, qtbot):
     assert "tv · poisson 4x" not in viewer.layers  # the cancelled method's layer is gone
     assert "zero-filled · poisson 4x" in viewer.layers
     assert grid(viewer).enabled and not viewer.layers["brain k-space"].visible
+
+
+def test_a_run_into_a_grid_writes_every_name_again(sample, qtbot):
+    """The names are taken away while a new layer grows the grid, and written again after
+    it: by the grid's steps, or by the clean-up of a run cancelled in between."""
+    viewer, widget = sample
+    widget.set_methods(["zero-filled"])
+    run_and_wait(qtbot, widget)
+    assert named(viewer) == {"brain", "zero-filled · poisson 4x"}
+
+    widget.set_methods(["tv"])
+    widget.iterations_spin.setValue(3)
+    unnamed_then = []
+
+    def on_inserted(event):  # the run's layer: when it is shown, the others are not named
+        layer = event.value
+        layer.events.visible.connect(lambda _: unnamed_then.append(named(viewer)))
+
+    viewer.layers.events.inserted.connect(on_inserted)
+    run_and_wait(qtbot, widget)
+    assert unnamed_then == [set()]
+    assert named(viewer) == {"brain", "zero-filled · poisson 4x", "tv · poisson 4x"}
+    assert widget._unnamed_for_layout == []
+
+    # cancelled as soon as the run's layer is shown: the grid's steps do not come
+    viewer.layers.events.inserted.disconnect(on_inserted)
+    widget.set_methods(["wavelet"])
+    widget.iterations_spin.setValue(200_000)
+
+    def cancel_when_shown(event):
+        event.value.events.visible.connect(lambda _: widget.cancel())
+
+    viewer.layers.events.inserted.connect(cancel_when_shown)
+    run_and_wait(qtbot, widget)
+    assert "wavelet · poisson 4x" not in viewer.layers
+    assert grid(viewer).enabled
+    assert named(viewer) == {"brain", "zero-filled · poisson 4x", "tv · poisson 4x"}
 
 
 def test_the_heap_is_frozen_during_a_run_and_thawed_after_it(sample, qtbot):

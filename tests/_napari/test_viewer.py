@@ -1,17 +1,18 @@
-"""What both dock widgets share: the heap hold (the step queue and the scroll area are exercised
-through the widgets' tests)."""
+"""What both dock widgets share: the heap hold and the glyphs rendered ahead (the step queue and
+the scroll area are exercised through the widgets' tests)."""
 
 from __future__ import annotations
 
 import gc
 import weakref
 
+import numpy as np
 import pytest
 
 pytest.importorskip("napari")
 
 from napari_genreg._napari import _viewer
-from napari_genreg._napari._viewer import HeapHold
+from napari_genreg._napari._viewer import NAME_CHARACTERS, HeapHold, glyph_steps
 
 
 @pytest.fixture
@@ -59,3 +60,26 @@ def test_what_dies_during_a_hold_is_collected_after_it(thawed):
     hold.release()
     gc.collect()
     assert alive() is None
+
+
+def test_glyph_steps_render_the_names_characters_into_the_canvas_font(make_napari_viewer):
+    viewer = make_napari_viewer()
+    steps = glyph_steps(viewer, per_step=5)
+    assert len(steps) == -(-len(NAME_CHARACTERS) // 5)
+    info = viewer.window._qt_viewer.canvas._font_info
+    font = info.font_manager.get_font(info.face)
+    before = set(font._glyphs)
+    for step in steps:
+        step()
+    assert set(NAME_CHARACTERS) <= set(font._glyphs)
+    assert set(NAME_CHARACTERS) - before  # they were rendered by the steps, not before
+    # a layer's name drawn afterwards finds its glyphs there
+    viewer.add_image(np.zeros((4, 4)), name="vae-structured · radial 6x")
+    assert set("vae-structured · radial 6x") <= set(font._glyphs)
+
+
+def test_without_napari_s_font_cache_there_are_no_glyph_steps():
+    class Viewer:  # neither a window nor a canvas
+        pass
+
+    assert glyph_steps(Viewer()) == []

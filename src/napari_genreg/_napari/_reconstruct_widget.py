@@ -50,7 +50,13 @@ from qtpy.QtWidgets import (
 
 from napari_genreg._napari import _session as session
 from napari_genreg._napari._plot import ConvergencePlot
-from napari_genreg._napari._viewer import HeapHold, StepQueue, grid, scrolling_layout
+from napari_genreg._napari._viewer import (
+    HeapHold,
+    StepQueue,
+    glyph_steps,
+    grid,
+    scrolling_layout,
+)
 from napari_genreg.physics.masks import MASKS
 
 if TYPE_CHECKING:
@@ -150,6 +156,7 @@ class ReconstructWidget(QWidget):
         self._mask_source: Any = None
         self._hidden_for_grid: list[Any] = []
         self._named_for_grid: list[Any] = []
+        self._unnamed_for_layout: list[Any] = []  # names of the grid hidden while it grows
         self._live = session.LiveRun()
         self._pbar: Any = None
         self._display_range: tuple[float, float] = (0.0, 1.0)
@@ -175,6 +182,8 @@ class ReconstructWidget(QWidget):
         # One-off napari calls (adding a layer, grid mode, a result into its layer) each take
         # tens of milliseconds or more: they are queued and run one per event-loop turn.
         self._steps = StepQueue(self, busy=lambda: self._syncing)
+        # the glyphs of the names grid mode writes, rendered ahead, a few per turn
+        self._glyphs = StepQueue(self, busy=lambda: self._syncing)
 
         self._build_ui()
         self._rebuild_layer_choices()
@@ -186,6 +195,7 @@ class ReconstructWidget(QWidget):
         self._on_input_changed()
         self.refresh_mask()
         self._start_loading_choices()
+        self._glyphs.add(*glyph_steps(self.viewer))
 
     # ------------------------------------------------------------------------------ layout
 
@@ -781,8 +791,18 @@ class ReconstructWidget(QWidget):
 
     def _show_run_layer(self, method: str) -> None:
         layer = self._run_layer(method)
-        if layer is not None and not self._laid_out.is_set():
-            layer.visible = True
+        if layer is None or self._laid_out.is_set():
+            return
+        if grid(self.viewer).enabled and self._named_for_grid:
+            # a grid that grows makes napari move every layer into new views and rebuild what
+            # each draws (an image, a name) in one draw; the names are written again one per
+            # turn, by the grid's steps or the clean-up's (benchmarks/event_loop_latency.py)
+            self._unnamed_for_layout.extend(self._named_for_grid)
+            for named in self._named_for_grid:
+                if named in self.viewer.layers:
+                    named.name_overlay.visible = False
+            self._named_for_grid = []
+        layer.visible = True
 
     def _run_layer(self, method: str) -> Any:
         """The layer of ``method`` in this run, or ``None`` (not made, or deleted by the user)."""
@@ -935,6 +955,8 @@ class ReconstructWidget(QWidget):
         ]
         if not finished and self._grid_by_run:
             steps.append(self._hide_grid)
+        elif grid(self.viewer).enabled:  # the names taken away while a layer was shown
+            steps.extend(self._name_steps(self._unnamed_for_layout))
         return steps
 
     def _end_run(self) -> None:
@@ -962,7 +984,7 @@ class ReconstructWidget(QWidget):
 
     def _grid_steps(self) -> list[Callable[[], None]]:
         """:meth:`_show_grid` as steps of one napari call each (hide the layers that are no
-        images to compare, show each name, switch the grid on): each redraws the canvas."""
+        images to compare, switch the grid on, show each name): each redraws the canvas."""
 
         def hide() -> None:
             for layer in self.viewer.layers:
@@ -970,20 +992,29 @@ class ReconstructWidget(QWidget):
                     layer.visible = False
                     self._hidden_for_grid.append(layer)
 
+        def grid_on() -> None:
+            grid(self.viewer).enabled = True
+
+        # the grid first, then one name per turn: in a grid switched on with the names shown,
+        # the first draw builds each name's text program as well as the images'
+        return [hide, grid_on, *self._name_steps(list(self.viewer.layers))]
+
+    def _name_steps(self, layers: list[Any]) -> list[Callable[[], None]]:
+        """Steps that write the name of each of ``layers`` that is shown in its grid cell."""
+
         def name(layer: Any) -> None:
-            overlay = getattr(layer, "name_overlay", None)  # napari >= 0.6
+            if layer in self._unnamed_for_layout:
+                self._unnamed_for_layout.remove(layer)
+            overlay = layer.name_overlay
             if layer in self.viewer.layers and layer.visible and not overlay.visible:
                 overlay.visible = True
                 self._named_for_grid.append(layer)
 
-        def grid_on() -> None:
-            grid(self.viewer).enabled = True
-
-        steps: list[Callable[[], None]] = [hide]
-        for layer in self.viewer.layers:
-            if getattr(layer, "name_overlay", None) is not None:
-                steps.append(lambda layer=layer: name(layer))
-        return [*steps, grid_on]
+        return [
+            lambda layer=layer: name(layer)
+            for layer in layers
+            if getattr(layer, "name_overlay", None) is not None  # napari >= 0.6
+        ]
 
     def _hide_grid(self) -> None:
         """Leave grid mode; show what it hid and hide the names it wrote."""
@@ -996,6 +1027,7 @@ class ReconstructWidget(QWidget):
                 layer.name_overlay.visible = False
         self._hidden_for_grid = []
         self._named_for_grid = []
+        self._unnamed_for_layout = []
 
     def _on_grid_toggled(self, checked: bool) -> None:
         if not checked:

@@ -7,12 +7,16 @@
 - :func:`scrolling_layout`: a dock's controls in a scroll area, so that two docks stacked in a
   short window scroll instead of squeezing their rows over each other;
 - :class:`HeapHold`: Python's cycle collector kept off the objects that exist when a run
-  starts, until it ends.
+  starts, until it ends;
+- :func:`glyph_steps`: the glyphs of layer names rendered ahead of time, in steps, so that
+  the first draw of a name in grid mode does not render them.
 """
 
 from __future__ import annotations
 
 import gc
+import string
+import warnings
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -58,6 +62,43 @@ class HeapHold:
         if _holds["count"] == 0 and _holds["froze"]:
             gc.unfreeze()
             _holds["froze"] = False
+
+
+#: What napari's layer-name overlays draw: the run layers' names and most others, and the
+#: characters vispy's text visual measures every text with (``ÅÉÑŐ``).
+NAME_CHARACTERS = string.ascii_letters + string.digits + string.punctuation + " ·×ÅÉÑŐ"
+
+
+def glyph_steps(
+    viewer: Any, characters: str = NAME_CHARACTERS, per_step: int = 4
+) -> list[Callable[[], None]]:
+    """Steps that render ``characters`` into the glyph cache of the viewer's canvas,
+    ``per_step`` characters each.
+
+    napari renders a glyph (a signed-distance field, on the CPU) the first time a text overlay
+    draws it, inside the draw: the first names written in grid mode rendered all theirs in the
+    GUI thread (benchmarks/event_loop_latency.py). The cache belongs to napari's vispy canvas
+    (private: napari >= 0.6 draws text with Qt fonts); with another napari there are no
+    steps, and the names are rendered when first drawn.
+    """
+    try:
+        with warnings.catch_warnings():
+            # napari warns that a plugin's access to its private attributes is to end (not
+            # before 0.10); when it does, there are no steps
+            warnings.simplefilter("ignore", FutureWarning)
+            info = viewer.window._qt_viewer.canvas._font_info
+            font = info.font_manager.get_font(info.face)
+    except (AttributeError, TypeError):
+        return []
+
+    def render(chunk: str) -> None:
+        for char in chunk:
+            font[char]
+
+    return [
+        lambda chunk=characters[i : i + per_step]: render(chunk)
+        for i in range(0, len(characters), per_step)
+    ]
 
 
 def grid(viewer: Any) -> Any:
