@@ -319,15 +319,24 @@ class _CovarianceBase(ABC):
 
     @property
     @abstractmethod
-    def batch_size(self) -> int: ...
+    def _batched(self) -> Tensor:
+        """The parameter whose first axis is the batch; the others share its dtype and
+        device."""
 
     @property
-    @abstractmethod
-    def dtype(self) -> torch.dtype: ...
+    def batch_size(self) -> int:
+        """The number ``B`` of covariances in the batch."""
+        return self._batched.shape[0]
 
     @property
-    @abstractmethod
-    def device(self) -> torch.device: ...
+    def dtype(self) -> torch.dtype:
+        """The dtype of the parameters."""
+        return self._batched.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the parameters."""
+        return self._batched.device
 
     @abstractmethod
     def factor(self, v: Tensor) -> Tensor: ...
@@ -524,19 +533,8 @@ class IdentityCovariance(_CovarianceBase):
         object.__setattr__(self, "shape", (int(shape[0]), int(shape[1])))
 
     @property
-    def batch_size(self) -> int:
-        """The number ``B`` of covariances in the batch."""
-        return self.log_scale.shape[0]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of ``log_scale``."""
-        return self.log_scale.dtype
-
-    @property
-    def device(self) -> torch.device:
-        """The device of ``log_scale``."""
-        return self.log_scale.device
+    def _batched(self) -> Tensor:
+        return self.log_scale
 
     def _scale(self, power: float) -> Tensor:
         """:math:`s^{power}` shaped ``(B, 1, 1)`` to broadcast over ``(..., B, H, W)``."""
@@ -623,19 +621,8 @@ class DiagonalCovariance(_CovarianceBase):
         return (self.log_variance.shape[1], self.log_variance.shape[2])
 
     @property
-    def batch_size(self) -> int:
-        """The number ``B`` of covariances in the batch."""
-        return self.log_variance.shape[0]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of ``log_variance``."""
-        return self.log_variance.dtype
-
-    @property
-    def device(self) -> torch.device:
-        """The device of ``log_variance``."""
-        return self.log_variance.device
+    def _batched(self) -> Tensor:
+        return self.log_variance
 
     def logdet(self) -> Tensor:
         r""":math:`\log\det\Sigma = \sum_i \ell_i`, shape ``(B,)``."""
@@ -791,19 +778,8 @@ class StructuredCovariance(_CovarianceBase):
         return (self.log_diagonal.shape[1], self.log_diagonal.shape[2])
 
     @property
-    def batch_size(self) -> int:
-        """The number ``B`` of covariances in the batch."""
-        return self.log_diagonal.shape[0]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the parameters."""
-        return self.log_diagonal.dtype
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the parameters."""
-        return self.log_diagonal.device
+    def _batched(self) -> Tensor:
+        return self.log_diagonal
 
     @property
     def radius(self) -> int:
