@@ -222,7 +222,9 @@ def _load(args: argparse.Namespace):
         return io.simulate_kspace(
             image, noise_sigma=noise or 0.0, seed=args.seed, source=args.input
         )
-    data = io.read(args.input, noise_sigma=noise or 0.0, seed=args.seed)
+    # HDF5 in a child process: a corrupt file can hang the HDF5 library (io.isolated)
+    read = io.read_isolated if io.is_hdf5_path(args.input) else io.read
+    data = read(args.input, noise_sigma=noise or 0.0, seed=args.seed)
     if noise is not None and not data.meta.simulated:
         from dataclasses import replace
 

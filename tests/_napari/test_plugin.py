@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -134,3 +136,22 @@ def test_both_docks_in_a_short_window_scroll_instead_of_squeezing_their_rows(
     assert any(
         w.findChild(QScrollArea).verticalScrollBar().maximum() > 0 for w in (recon, inspector)
     )
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_an_hdf5_file_that_hangs_its_reader_is_stopped_and_the_viewer_goes_on(
+    make_napari_viewer, tmp_path, monkeypatch
+):
+    """HDF5 files are read in a child process: one that never finishes (a FIFO nobody writes
+    to stands in for a corrupt file that sends HDF5 into an endless loop) ends in an error
+    after the time limit, with the viewer and its layers as they were."""
+    from napari_genreg.io import isolated
+
+    monkeypatch.setattr(isolated, "BASE_SECONDS", 2.0)
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-genreg", "brain")
+    hangs = tmp_path / "scan.h5"
+    os.mkfifo(hangs)
+    with pytest.raises(Exception, match=r"scan\.h5: reading did not finish within 2 s"):
+        viewer.open(str(hangs), plugin="napari-genreg")
+    assert [layer.name for layer in viewer.layers] == ["brain", "brain k-space"]

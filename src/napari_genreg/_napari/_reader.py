@@ -29,12 +29,16 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
 
 def read_layers(path: str | list[str]) -> list[LayerData]:
     """Read each file into layer data; a bad file raises :class:`~napari_genreg.io.ReadError`
-    naming the file and the problem (napari shows it as a notification)."""
+    naming the file and the problem (napari shows it as a notification).
+
+    HDF5 files are read in a child process (:func:`~napari_genreg.io.read_isolated`): a corrupt
+    one can hang the HDF5 library, which would hang napari with it.
+    """
     from napari_genreg import io
 
     paths = [path] if isinstance(path, str) else list(path)
     layers: list[LayerData] = []
     for p in paths:
-        data = io.read(p)
+        data = io.read_isolated(p) if io.is_hdf5_path(p) else io.read(p)
         layers.extend(layers_for(data, _stem(Path(p))))
     return layers

@@ -29,6 +29,7 @@ from .errors import ReadError, WriteError
 from .fastmri import read_fastmri
 from .hdf5 import read_h5
 from .images import read_dicom, read_nifti, read_png, read_tiff
+from .isolated import is_hdf5_path, read_isolated
 from .mrd import read_mrd
 from .records import KSpaceData, Metadata
 from .simulate import simulate_kspace
@@ -45,10 +46,12 @@ __all__ = [
     "ReadError",
     "Reader",
     "WriteError",
+    "is_hdf5_path",
     "read",
     "read_dicom",
     "read_fastmri",
     "read_h5",
+    "read_isolated",
     "read_mrd",
     "read_nifti",
     "read_npy",

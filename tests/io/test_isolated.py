@@ -1,0 +1,128 @@
+"""Reading HDF5 files in a child process: the same record, the same errors, and a reader that
+hangs or dies becomes a ReadError instead of hanging the caller."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from napari_genreg.io import ReadError, is_hdf5_path, read, read_isolated
+from napari_genreg.io import isolated as isolated_module
+
+
+def test_the_record_is_the_one_read_in_process(tmp_path: Path, mri: SimpleNamespace) -> None:
+    path = tmp_path / "scan.h5"
+    mri.fastmri(path, mask=np.arange(mri.encoded[1]) % 2 == 0)
+    here = read(path, noise_sigma=0.0, seed=3)
+    there = read_isolated(path, noise_sigma=0.0, seed=3)
+    np.testing.assert_array_equal(there.kspace, here.kspace)
+    np.testing.assert_array_equal(there.mask, here.mask)
+    assert there.meta == here.meta
+
+
+def test_the_childs_read_error_is_raised_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "noise.h5"
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 4)
+    with pytest.raises(ReadError) as here:
+        read(path)
+    with pytest.raises(ReadError) as there:
+        read_isolated(path)
+    assert str(there.value) == str(here.value)
+    assert there.value.path == os.fspath(path)
+
+
+def _hanging_file(tmp_path: Path) -> Path:
+    """A FIFO named ``.h5`` with no writer: opening it blocks for ever, as HDF5 does on some
+    corrupt files."""
+    path = tmp_path / "hangs.h5"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_reader_that_hangs_is_stopped_after_the_timeout(tmp_path: Path) -> None:
+    path = _hanging_file(tmp_path)
+    start = time.monotonic()
+    with pytest.raises(ReadError, match=r"did not finish within 2 s and was stopped"):
+        read_isolated(path, timeout=2)
+    assert time.monotonic() - start < 30
+    assert not [p for p in _children() if p.is_alive()]  # the child was killed
+
+
+def _children() -> list:
+    import multiprocessing
+
+    return multiprocessing.active_children()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_reader_that_dies_is_reported(tmp_path: Path) -> None:
+    path = _hanging_file(tmp_path)
+    outcome: list[BaseException] = []
+
+    def read_in_thread() -> None:
+        try:
+            read_isolated(path, timeout=120)
+        except ReadError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=read_in_thread)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not _children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (child,) = _children()
+    child.kill()  # as a crash of the HDF5 library would end it
+    thread.join(30)
+    assert not thread.is_alive()
+    (error,) = outcome
+    assert "the process reading it died (exit code -9)" in str(error)
+
+
+def test_a_damaged_global_heap_is_a_read_error(tmp_path: Path, mri: SimpleNamespace) -> None:
+    """The case that was found by flipping bytes: an ISMRMRD file whose last global heap
+    collection claims 199 bytes more than it has. HDF5 2.0.0 spins on it for minutes (read in
+    process, this test would not end); a later HDF5 may report it instead."""
+    kspace, _ = mri.multicoil()
+    path = tmp_path / "scan.h5"
+    mri.mrd(path, kspace, recon=mri.recon)
+    data = bytearray(path.read_bytes())
+    at = data.rindex(b"GCOL") + 8  # signature, version, 3 reserved bytes, then the size
+    size = int.from_bytes(data[at : at + 8], "little")
+    data[at : at + 8] = (size + 199).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(ReadError, match=f"^{path}: "):
+        read_isolated(path, timeout=3)
+
+
+def test_bad_arguments_are_refused_before_a_child_starts(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="timeout must be positive"):
+        read_isolated(tmp_path / "x.h5", timeout=0)
+    with pytest.raises(ValueError, match="noise_sigma"):
+        read_isolated(tmp_path / "x.h5", noise_sigma=-1.0)
+    assert not _children()
+
+
+def test_the_time_limit_grows_with_the_file(tmp_path: Path) -> None:
+    small, big = tmp_path / "small.h5", tmp_path / "big.h5"
+    small.write_bytes(b"x")
+    with open(big, "wb") as f:  # a sparse file of 2 GiB
+        f.truncate(2**31)
+    base, per_gib = isolated_module.BASE_SECONDS, isolated_module.SECONDS_PER_GIB
+    assert isolated_module.time_limit(small) == pytest.approx(base, abs=1e-3)
+    assert isolated_module.time_limit(big) == pytest.approx(base + 2 * per_gib)
+    assert isolated_module.time_limit(tmp_path / "missing.h5") == base
+
+
+@pytest.mark.parametrize(
+    ("name", "hdf5"),
+    [("a.h5", True), ("a.HDF5", True), ("b.mrd", True), ("c.npy", False), ("d.nii.gz", False)],
+)
+def test_which_files_are_hdf5(name: str, hdf5: bool) -> None:
+    assert is_hdf5_path(name) is hdf5
