@@ -8,18 +8,20 @@ file). Python cannot interrupt that call: the reading thread stays blocked, hold
 lock, and Ctrl-C waits for the call to return. napari's readers run in its GUI thread, so
 napari would stop answering for good, with the user's unsaved layers in it.
 
-:func:`read_isolated` runs :func:`napari_genreg.io.read` in a child process (``spawn``: no
-copy of the caller's threads, Qt or torch) and waits at most :func:`time_limit` seconds, a
+:func:`read_isolated` runs :func:`napari_genreg.io.read` in a child Python (a new process:
+none of the caller's threads, Qt or torch) and waits at most :func:`time_limit` seconds, a
 limit that grows with the file's size; a child that has not answered by then is killed, and
 one that dies is reported. Either way the caller gets a :class:`ReadError` naming the file,
 and nothing in the calling process was touched. The price is the child's start (importing
-NumPy, h5py and this package) and sending the record back through a pipe.
+NumPy, h5py and this package) and sending the record back, pickled, through a pipe.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -73,44 +75,48 @@ def read_isolated(
         timeout = time_limit(path)
     if not timeout > 0:
         raise ValueError(f"timeout must be positive, got {timeout!r}")
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(
-        target=_read_and_send,
-        args=(sender, os.fspath(path), noise_sigma, seed),
-        name="napari-genreg reader",
-        daemon=True,
+    request = pickle.dumps((os.fspath(path), noise_sigma, seed))
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    child.start()
-    sender.close()  # the child's end: EOF here once the child is gone
     try:
-        if not receiver.poll(timeout):
-            raise ReadError(
-                path,
-                f"reading did not finish within {timeout:.0f} s and was stopped (a corrupt "
-                "HDF5 file can send the HDF5 library into an endless loop)",
-            )
-        try:
-            status, payload = receiver.recv()
-        except EOFError:
-            child.join()
-            raise ReadError(
-                path,
-                f"the process reading it died (exit code {child.exitcode}): the file is "
-                "probably corrupt",
-            ) from None
-    finally:
-        receiver.close()
-        if child.is_alive():
-            child.kill()
-        child.join()
+        answer, errors = child.communicate(request, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        raise ReadError(
+            path,
+            f"reading did not finish within {timeout:.0f} s and was stopped (a corrupt HDF5 "
+            "file can send the HDF5 library into an endless loop)",
+        ) from None
+    if child.returncode != 0 or not answer:
+        said = errors.decode("utf-8", "replace").strip().splitlines()
+        raise ReadError(
+            path,
+            f"the process reading it died (exit code {child.returncode}): the file is "
+            "probably corrupt" + (f"; it said: {said[-1]}" if said else ""),
+        )
+    # pickled by our child from the record it built: none of the file's bytes is unpickled
+    status, payload = pickle.loads(answer)
     if status == "error":
         raise payload
     return payload
 
 
-def _read_and_send(sender: Any, path: str, noise_sigma: float, seed: int) -> None:
-    """The child: read, and send ``("ok", record)`` or ``("error", ReadError)``."""
+#: What the child runs (``python -c``): not the caller's ``__main__``, which a
+#: ``multiprocessing`` child would import again (napari's, a second of imports).
+CHILD = "from napari_genreg.io.isolated import _child_main; _child_main()"
+
+
+def _child_main() -> None:
+    """The child: read the request from stdin, answer ``("ok", record)`` or
+    ``("error", ReadError)`` on stdout (anything printed meanwhile goes to stderr)."""
+    answer = sys.stdout.buffer
+    sys.stdout = sys.stderr
+    path, noise_sigma, seed = pickle.loads(sys.stdin.buffer.read())  # read_isolated's request
     from napari_genreg import io
 
     try:
@@ -119,5 +125,5 @@ def _read_and_send(sender: Any, path: str, noise_sigma: float, seed: int) -> Non
         result = ("error", exc)
     except Exception as exc:  # read() turns readers' failures into ReadError; anything else
         result = ("error", ReadError(path, f"{type(exc).__name__}: {exc}"))
-    sender.send(result)
-    sender.close()
+    answer.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    answer.flush()
