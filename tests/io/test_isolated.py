@@ -87,7 +87,23 @@ def test_a_reader_that_dies_is_reported(tmp_path: Path) -> None:
     thread.join(30)
     assert not thread.is_alive()
     (error,) = outcome
-    assert "the process reading it died (exit code -9)" in str(error)
+    assert "the process reading it died (signal 9): the file is probably corrupt" in str(error)
+
+
+def test_a_child_that_cannot_read_says_why(tmp_path: Path, monkeypatch) -> None:
+    """A child that fails before reading (here its package is shadowed by a broken one) is
+    reported with its last words, not blamed on the file."""
+    broken = tmp_path / "shadow" / "napari_genreg"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise RuntimeError('a broken install')\n")
+    monkeypatch.setenv("PYTHONPATH", str(broken.parent))
+    path = tmp_path / "scan.h5"
+    path.write_bytes(b"not read")
+    with pytest.raises(ReadError) as info:
+        read_isolated(path, timeout=60)
+    message = str(info.value)
+    assert "the process reading it failed (exit code 1): RuntimeError: a broken install" in message
+    assert "corrupt" not in message
 
 
 def test_a_damaged_global_heap_is_a_read_error(tmp_path: Path, mri: SimpleNamespace) -> None:

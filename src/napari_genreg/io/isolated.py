@@ -76,8 +76,9 @@ def read_isolated(
     if not timeout > 0:
         raise ValueError(f"timeout must be positive, got {timeout!r}")
     request = pickle.dumps((os.fspath(path), noise_sigma, seed))
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # no cwd first on sys.path
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD],
+        [sys.executable, *safe_path, "-c", CHILD],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -94,11 +95,14 @@ def read_isolated(
         ) from None
     if child.returncode != 0 or not answer:
         said = errors.decode("utf-8", "replace").strip().splitlines()
-        raise ReadError(
-            path,
-            f"the process reading it died (exit code {child.returncode}): the file is "
-            "probably corrupt" + (f"; it said: {said[-1]}" if said else ""),
-        )
+        last = f": {said[-1]}" if said else ""
+        if child.returncode < 0:  # ended by a signal: a crash, or killed
+            raise ReadError(
+                path,
+                f"the process reading it died (signal {-child.returncode}): the file is "
+                f"probably corrupt{last}",
+            )
+        raise ReadError(path, f"the process reading it failed (exit code {child.returncode}){last}")
     # pickled by our child from the record it built: none of the file's bytes is unpickled
     status, payload = pickle.loads(answer)
     if status == "error":
