@@ -271,7 +271,7 @@ def run(quick: bool) -> dict:
     _, inspector = viewer.window.add_plugin_dock_widget("napari-genreg", "Covariance Inspector")
     wait(recon.is_ready, 120)
     # the glyphs of the names grid mode writes, rendered a few per turn once the widget opens
-    # (about 0.5 s here; a user takes longer to choose a run's settings)
+    # (a user takes longer to choose a run's settings); they are not measured here
     wait(lambda: not recon._glyphs, 30)
     renderer = _gl_renderer(viewer)
     calls = Calls()

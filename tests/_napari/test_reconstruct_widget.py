@@ -332,6 +332,26 @@ def test_a_run_into_a_grid_writes_every_name_again(sample, qtbot):
     assert "wavelet · poisson 4x" not in viewer.layers
     assert grid(viewer).enabled
     assert named(viewer) == {"brain", "zero-filled · poisson 4x", "tv · poisson 4x"}
+    assert widget._unnamed_for_layout == []
+
+
+def test_leaving_the_grid_during_the_layout_leaves_no_name_behind(sample, qtbot):
+    """Unticked as soon as the run switches the grid on: the steps still queued (the names)
+    do nothing, and the grid stays off."""
+    viewer, widget = sample
+    widget.set_methods(["zero-filled"])
+    settings = grid(viewer)
+
+    def untick(event):
+        if settings.enabled:
+            widget.grid_check.setChecked(False)
+
+    settings.events.enabled.connect(untick)
+    run_and_wait(qtbot, widget)
+    settings.events.enabled.disconnect(untick)
+    assert not settings.enabled
+    assert named(viewer) == set()
+    assert viewer.layers["brain k-space"].visible  # shown again when the grid was left
 
 
 def test_the_heap_is_frozen_during_a_run_and_thawed_after_it(sample, qtbot):

@@ -4,6 +4,9 @@ hangs or dies becomes a ReadError instead of hanging the caller."""
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,6 +26,7 @@ def test_the_record_is_the_one_read_in_process(tmp_path: Path, mri: SimpleNamesp
     there = read_isolated(path, noise_sigma=0.0, seed=3)
     np.testing.assert_array_equal(there.kspace, here.kspace)
     np.testing.assert_array_equal(there.mask, here.mask)
+    np.testing.assert_array_equal(there.reference, here.reference)
     assert there.meta == here.meta
 
 
@@ -58,11 +62,14 @@ def test_a_reader_that_hangs_is_stopped_after_the_timeout(tmp_path: Path) -> Non
 
 def _readers(psutil) -> list:
     """This process's children that run the isolated reader."""
-    return [
-        child
-        for child in psutil.Process().children()
-        if isolated_module.CHILD in " ".join(child.cmdline())
-    ]
+    found = []
+    for child in psutil.Process().children():
+        try:
+            if isolated_module.CHILD in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # gone meanwhile
+            pass
+    return found
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
@@ -87,7 +94,7 @@ def test_a_reader_that_dies_is_reported(tmp_path: Path) -> None:
     thread.join(30)
     assert not thread.is_alive()
     (error,) = outcome
-    assert "the process reading it died (signal 9): the file is probably corrupt" in str(error)
+    assert "the process reading it died (exit code -9): the file is probably corrupt" in str(error)
 
 
 def test_a_child_that_cannot_read_says_why(tmp_path: Path, monkeypatch) -> None:
@@ -118,7 +125,7 @@ def test_a_damaged_global_heap_is_a_read_error(tmp_path: Path, mri: SimpleNamesp
     size = int.from_bytes(data[at : at + 8], "little")
     data[at : at + 8] = (size + 199).to_bytes(8, "little")
     path.write_bytes(bytes(data))
-    with pytest.raises(ReadError, match=f"^{path}: "):
+    with pytest.raises(ReadError, match=f"^{re.escape(str(path))}: "):
         read_isolated(path, timeout=3)
 
 
@@ -146,3 +153,45 @@ def test_the_time_limit_grows_with_the_file(tmp_path: Path) -> None:
 )
 def test_which_files_are_hdf5(name: str, hdf5: bool) -> None:
     assert is_hdf5_path(name) is hdf5
+
+
+def test_what_the_child_prints_before_its_answer_is_skipped(tmp_path: Path, monkeypatch) -> None:
+    """Output on stdout before the answer (here a ``sitecustomize`` that prints) does not
+    spoil it; the answer is the last thing the child writes."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("print('hello from sitecustomize' * 100)\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    path = tmp_path / "scan.h5"
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(200))
+    with pytest.raises(ReadError, match="not a readable"):
+        read_isolated(path, timeout=60)
+
+
+def test_the_child_does_not_outlive_an_interrupted_caller(tmp_path: Path) -> None:
+    """Ctrl-C while waiting (here in a separate Python, interrupted by SIGINT) kills the
+    child too."""
+    psutil = pytest.importorskip("psutil")
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("needs FIFOs")
+    path = _hanging_file(tmp_path)
+    caller = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from napari_genreg.io import read_isolated; "
+            f"read_isolated({str(path)!r}, timeout=300)",
+        ],
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    children: list = []
+    while not children and time.monotonic() < deadline:
+        time.sleep(0.1)
+        children = psutil.Process(caller.pid).children()
+    assert children, "the caller started no child"
+    caller.send_signal(2)  # SIGINT
+    _, err = caller.communicate(timeout=60)
+    assert b"KeyboardInterrupt" in err
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive

@@ -182,8 +182,9 @@ class ReconstructWidget(QWidget):
         # One-off napari calls (adding a layer, grid mode, a result into its layer) each take
         # tens of milliseconds or more: they are queued and run one per event-loop turn.
         self._steps = StepQueue(self, busy=lambda: self._syncing)
-        # the glyphs of the names grid mode writes, rendered ahead, a few per turn
-        self._glyphs = StepQueue(self, busy=lambda: self._syncing)
+        # the glyphs of the names grid mode writes, rendered ahead, a few per turn (not
+        # while a run goes on: its steps alone take a turn each)
+        self._glyphs = StepQueue(self, busy=lambda: self._syncing or self.worker is not None)
 
         self._build_ui()
         self._rebuild_layer_choices()
@@ -955,7 +956,7 @@ class ReconstructWidget(QWidget):
         ]
         if not finished and self._grid_by_run:
             steps.append(self._hide_grid)
-        elif grid(self.viewer).enabled:  # the names taken away while a layer was shown
+        else:  # the names taken away while a layer was shown (if the grid is still on)
             steps.extend(self._name_steps(self._unnamed_for_layout))
         return steps
 
@@ -963,6 +964,7 @@ class ReconstructWidget(QWidget):
         if self.worker is not None:
             self.destroyed.disconnect(self._stop_worker)
         self._stop_worker = None  # it holds the worker, and the worker its generator
+        self._unnamed_for_layout = []  # written again by now, or deleted, or off the grid
         if self._heap_hold is not None:
             self._heap_hold.release()
             self._heap_hold = None
@@ -987,13 +989,16 @@ class ReconstructWidget(QWidget):
         images to compare, switch the grid on, show each name): each redraws the canvas."""
 
         def hide() -> None:
+            if not self.grid_check.isChecked():  # unticked since: _hide_grid has run
+                return
             for layer in self.viewer.layers:
                 if layer.visible and session.layer_kind(layer) in NOT_COMPARED:
                     layer.visible = False
                     self._hidden_for_grid.append(layer)
 
         def grid_on() -> None:
-            grid(self.viewer).enabled = True
+            if self.grid_check.isChecked():
+                grid(self.viewer).enabled = True
 
         # the grid first, then one name per turn: in a grid switched on with the names shown,
         # the first draw builds each name's text program as well as the images'
@@ -1005,6 +1010,8 @@ class ReconstructWidget(QWidget):
         def name(layer: Any) -> None:
             if layer in self._unnamed_for_layout:
                 self._unnamed_for_layout.remove(layer)
+            if not (self.grid_check.isChecked() and grid(self.viewer).enabled):
+                return  # the grid was left meanwhile
             overlay = layer.name_overlay
             if layer in self.viewer.layers and layer.visible and not overlay.visible:
                 overlay.visible = True

@@ -78,7 +78,7 @@ def glyph_steps(
     napari renders a glyph (a signed-distance field, on the CPU) the first time a text overlay
     draws it, inside the draw: the first names written in grid mode rendered all theirs in the
     GUI thread (benchmarks/event_loop_latency.py). The cache belongs to napari's vispy canvas
-    (private: napari >= 0.6 draws text with Qt fonts); with another napari there are no
+    (private, in the napari versions that draw text with Qt fonts); with another there are no
     steps, and the names are rendered when first drawn.
     """
     try:

@@ -1,19 +1,24 @@
 """Reading an untrusted HDF5 file in a child process.
 
-HDF5 files are parsed by the HDF5 C library, and a corrupt file can send it into an endless
-loop: one byte changed in the size field of a global heap collection of an ISMRMRD file (where
-the acquisitions' variable-length arrays live) kept ``H5Dread`` spinning for minutes under
-HDF5 2.0.0 (found by flipping bytes of valid files; ``tests/io/test_isolated.py`` makes such a
-file). Python cannot interrupt that call: the reading thread stays blocked, holding h5py's
-lock, and Ctrl-C waits for the call to return. napari's readers run in its GUI thread, so
-napari would stop answering for good, with the user's unsaved layers in it.
+HDF5 files are parsed by the HDF5 C library, and a corrupt file can send it into a loop that
+does not end: one byte changed in the size field of a global heap collection of an ISMRMRD
+file (where the acquisitions' variable-length arrays live) kept ``H5Dread`` spinning under
+HDF5 2.0.0 for ten minutes, when it was stopped (found by flipping bytes of valid files;
+``tests/io/test_isolated.py`` makes such a file). Python cannot interrupt that call: the
+reading thread stays blocked, holding h5py's lock, and Ctrl-C waits for the call to return.
+napari's readers run in its GUI thread, so napari would stop answering, with the user's
+unsaved layers in it.
 
 :func:`read_isolated` runs :func:`napari_genreg.io.read` in a child Python (a new process:
 none of the caller's threads, Qt or torch) and waits at most :func:`time_limit` seconds, a
 limit that grows with the file's size; a child that has not answered by then is killed, and
 one that dies is reported. Either way the caller gets a :class:`ReadError` naming the file,
 and nothing in the calling process was touched. The price is the child's start (importing
-NumPy, h5py and this package) and sending the record back, pickled, through a pipe.
+NumPy, h5py and this package) and the record sent back pickled through a pipe: while it
+arrives the caller holds it about three times (the bytes, their join, the arrays).
+
+Where :data:`sys.executable` is no Python to start (a frozen application), the file is read
+in the calling process.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +41,13 @@ HDF5_EXTENSIONS = (".h5", ".hdf5", ".mrd")
 BASE_SECONDS = 60.0
 #: Seconds more per GiB of file: reading at 17 MB/s, a slow network share.
 SECONDS_PER_GIB = 60.0
+#: Seconds to wait for a killed child to go (one stuck in the kernel, on a hung network
+#: share, goes only when its I/O returns); after that it is left to end on its own.
+KILL_WAIT_SECONDS = 5.0
+#: Ends the child's answer, after the pickle's length: what was printed before it is skipped.
+TRAILER = b"napari-genreg isolated read\n"
+#: Characters of the child's stderr kept for a message.
+STDERR_TAIL = 2000
 
 
 def is_hdf5_path(path: str | os.PathLike[str]) -> bool:
@@ -66,7 +79,7 @@ def read_isolated(
     ------
     ReadError
         What :func:`~napari_genreg.io.read` raises in the child, or that the child did not
-        finish in time or died.
+        finish in time, died or failed.
     ValueError
         On a bad ``noise_sigma``, ``seed`` or ``timeout`` (checked before any child starts).
     """
@@ -75,31 +88,44 @@ def read_isolated(
         timeout = time_limit(path)
     if not timeout > 0:
         raise ValueError(f"timeout must be positive, got {timeout!r}")
+    if getattr(sys, "frozen", False) or not sys.executable:
+        from napari_genreg import io
+
+        return io.read(path, noise_sigma=noise_sigma, seed=seed)
     request = pickle.dumps((os.fspath(path), noise_sigma, seed))
-    safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # no cwd first on sys.path
-    child = subprocess.Popen(
-        [sys.executable, *safe_path, "-c", CHILD],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        answer, errors = child.communicate(request, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.communicate()
-        raise ReadError(
-            path,
-            f"reading did not finish within {timeout:.0f} s and was stopped (a corrupt HDF5 "
-            "file can send the HDF5 library into an endless loop)",
-        ) from None
-    if child.returncode != 0 or not answer:
-        said = errors.decode("utf-8", "replace").strip().splitlines()
-        last = f": {said[-1]}" if said else ""
-        if child.returncode < 0:  # ended by a signal: a crash, or killed
+    with tempfile.TemporaryFile() as errors:
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            env=_child_environment(),
+            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),  # Windows: no console
+        )
+        try:
+            output, _ = child.communicate(request, timeout=timeout)
+        except subprocess.TimeoutExpired:
             raise ReadError(
                 path,
-                f"the process reading it died (signal {-child.returncode}): the file is "
+                f"reading did not finish within {timeout:.0f} s and was stopped (a corrupt "
+                "HDF5 file can send the HDF5 library into a loop that does not end)",
+            ) from None
+        finally:  # a timeout, Ctrl-C, anything: the child does not outlive the call
+            if child.poll() is None:
+                child.kill()
+                try:
+                    child.communicate(timeout=KILL_WAIT_SECONDS)
+                except subprocess.TimeoutExpired:
+                    pass
+        errors.seek(max(0, errors.seek(0, os.SEEK_END) - STDERR_TAIL))
+        said = errors.read().decode("utf-8", "replace").strip().splitlines()
+    answer = _unframe(output)
+    if answer is None:
+        last = f": {said[-1]}" if said else ""
+        if child.returncode < 0 or child.returncode >= 0xC0000000:  # a signal; a Windows crash
+            raise ReadError(
+                path,
+                f"the process reading it died (exit code {child.returncode}): the file is "
                 f"probably corrupt{last}",
             )
         raise ReadError(path, f"the process reading it failed (exit code {child.returncode}){last}")
@@ -110,15 +136,41 @@ def read_isolated(
     return payload
 
 
-#: What the child runs (``python -c``): not the caller's ``__main__``, which a
-#: ``multiprocessing`` child would import again (napari's, a second of imports).
-CHILD = "from napari_genreg.io.isolated import _child_main; _child_main()"
+def _unframe(output: bytes) -> bytes | None:
+    """The pickle the child wrote last (``pickle, its length, TRAILER``), or ``None`` when
+    the output does not end so (the child died or failed before it answered)."""
+    if not output.endswith(TRAILER) or len(output) < len(TRAILER) + 8:
+        return None
+    end = len(output) - len(TRAILER) - 8
+    length = int.from_bytes(output[end : end + 8], "little")
+    return output[end - length : end] if length <= end else None
+
+
+def _child_environment() -> dict[str, str]:
+    """The caller's environment, with the caller's ``sys.path`` after ``PYTHONPATH``: the
+    child imports this package and its dependencies from where the caller did."""
+    env = dict(os.environ)
+    paths = [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []
+    paths += [p for p in sys.path if p and os.path.isabs(p)]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+#: What the child runs (``python -c``; not the caller's ``__main__``, which a
+#: ``multiprocessing`` child would import again: napari's, a second of imports). The working
+#: directory, first on ``sys.path`` under ``-c``, is taken off it.
+CHILD = (
+    "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+    "from napari_genreg.io.isolated import _child_main; _child_main()"
+)
 
 
 def _child_main() -> None:
     """The child: read the request from stdin, answer ``("ok", record)`` or
-    ``("error", ReadError)`` on stdout (anything printed meanwhile goes to stderr)."""
-    answer = sys.stdout.buffer
+    ``("error", ReadError)`` on stdout (framed: see :func:`_unframe`). Anything else written
+    to stdout, by Python or by C code, goes to stderr from here on."""
+    answer = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
     sys.stdout = sys.stderr
     path, noise_sigma, seed = pickle.loads(sys.stdin.buffer.read())  # read_isolated's request
     from napari_genreg import io
@@ -129,5 +181,7 @@ def _child_main() -> None:
         result = ("error", exc)
     except Exception as exc:  # read() turns readers' failures into ReadError; anything else
         result = ("error", ReadError(path, f"{type(exc).__name__}: {exc}"))
-    answer.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+    answer.write(data + len(data).to_bytes(8, "little") + TRAILER)
     answer.flush()
+    os._exit(0)  # the answer is out: nothing at interpreter exit may turn it into a crash
