@@ -7,6 +7,8 @@ Siemens TWIX ``.dat``) is one more entry there. A folder is read as one DICOM se
 Images (NIfTI, DICOM, PNG, TIFF, real arrays) become simulated single-coil k-space with
 :func:`simulate_kspace`; complex arrays are measured k-space. Any missing, unsupported,
 corrupt or truncated file raises :class:`ReadError` naming the file and the problem.
+:func:`read_isolated` reads in a child process that is stopped after a time limit, for HDF5
+files (a corrupt one can hang the HDF5 library); the napari reader and the CLI use it.
 
 Importing this package loads NumPy only; torch, nibabel, pydicom, Pillow, tifffile and h5py
 are imported by the functions that need them.
