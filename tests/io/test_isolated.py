@@ -129,6 +129,29 @@ def test_a_damaged_global_heap_is_a_read_error(tmp_path: Path, mri: SimpleNamesp
         read_isolated(path, timeout=3)
 
 
+def test_a_file_that_crashes_hdf5_is_a_read_error(tmp_path: Path) -> None:
+    """Found by tools/fuzz_readers.py: one byte changed in the message of our own writer's
+    ``settings`` attribute (0x01 -> 0x14, 17 bytes after the name) made h5py 3.16 / HDF5
+    2.0.0 crash (segmentation fault) reading the attribute; read in process, it would take
+    napari down. Here the child dies and the caller gets a ReadError (with another HDF5 the
+    file may read, or be refused, instead)."""
+    from napari_genreg.io import KSpaceData, write
+
+    path = tmp_path / "recon.h5"
+    image = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    write(path, image, settings={"method": "tv"})
+    data = bytearray(path.read_bytes())
+    at = data.index(b"settings\x00") + 17
+    data[at] = 0x14
+    path.write_bytes(bytes(data))
+    try:
+        outcome = read_isolated(path, timeout=60)
+    except ReadError as exc:
+        assert str(exc).startswith(f"{path}: ")
+    else:
+        assert isinstance(outcome, KSpaceData)
+
+
 def test_bad_arguments_are_refused_before_a_child_starts(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="timeout must be positive"):
         read_isolated(tmp_path / "x.h5", timeout=0)
