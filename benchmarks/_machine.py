@@ -58,13 +58,16 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def write_results(name: str, result: dict, text: str) -> None:
-    """``RESULTS/<name>.json`` (``result``) and ``RESULTS/<name>.md`` (``text``)."""
+def publish(name: str, result: dict, text: str, *, record: bool = True) -> None:
+    """Print ``text``; when ``record``, also write ``RESULTS/<name>.json`` (``result``) and
+    ``RESULTS/<name>.md`` (``text``). Every benchmark ends here (``--quick`` runs print only)."""
     import json
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / f"{name}.md").write_text(text)
+    if record:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+        (RESULTS / f"{name}.md").write_text(text)
+    print(text)
 
 
 def machine_info() -> dict:

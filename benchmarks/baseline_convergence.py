@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import command_line, machine_info, machine_line, write_results
+from _machine import command_line, machine_info, machine_line, publish
 
 NAME = "baseline_convergence"
 #: Iteration counts per method; the last is the reference.
@@ -62,9 +62,7 @@ def main() -> None:
                         }
                     )
             print(f"slice {index} {mask} {acc}x sigma {sigma} done", flush=True)
-    write_results(
-        NAME, {"command": command_line(), "machine": info, "rows": rows}, _report(rows, info)
-    )
+    publish(NAME, {"command": command_line(), "machine": info, "rows": rows}, _report(rows, info))
 
 
 def _report(rows: list[dict], info: dict) -> str:

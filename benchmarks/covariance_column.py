@@ -180,10 +180,7 @@ def main() -> None:
         "settings": {"threads": threads, "stencil": STENCIL, "dtype": "float32", "batch": 1},
         "rows": rows,
     }
-    text = markdown(result)
-    if not args.quick:
-        _machine.write_results(NAME, result, text)
-    print(text)
+    _machine.publish(NAME, result, markdown(result), record=not args.quick)
 
 
 if __name__ == "__main__":

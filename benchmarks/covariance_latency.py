@@ -275,10 +275,7 @@ def main() -> None:
         "api": api,
         "cli": cli,
     }
-    text = markdown(result)
-    if not (args.quick or args.no_cli):
-        _machine.write_results(NAME, result, text)
-    print(text)
+    _machine.publish(NAME, result, markdown(result), record=not (args.quick or args.no_cli))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import command_line, machine_info, machine_line, write_results
+from _machine import command_line, machine_info, machine_line, publish
 
 NAME = "covariance_signs"
 
@@ -87,8 +87,7 @@ def main() -> None:
         "solve_growth": growth,
     }
     text = _report(result, rows, weights, used, model.config.off_diagonal_bound, lags, growth, info)
-    write_results(NAME, out, text)
-    print(text)
+    publish(NAME, out, text)
 
 
 def _relative_weights(model, latent) -> tuple[list[dict], float]:

@@ -305,10 +305,7 @@ def main() -> None:
         },
         "cases": results,
     }
-    text = markdown(result)
-    if not args.quick:
-        _machine.write_results(NAME, result, text)
-    print(text)
+    _machine.publish(NAME, result, markdown(result), record=not args.quick)
 
 
 if __name__ == "__main__":

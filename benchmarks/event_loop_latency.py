@@ -560,10 +560,7 @@ def main() -> None:
     result = {"benchmark": NAME, "command": command, "machine": machine, **run(args.quick)}
     result["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     result["wall_time_s"] = round(time.perf_counter() - start, 1)
-    text = markdown(result)
-    if not args.quick:
-        _machine.write_results(NAME, result, text)
-    print(text)
+    _machine.publish(NAME, result, markdown(result), record=not args.quick)
 
 
 if __name__ == "__main__":

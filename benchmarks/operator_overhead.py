@@ -354,9 +354,7 @@ def main() -> None:
         "freed_memory_kept": tuned,
     }
     stem = NAME + ("_quick" if args.quick else "")
-    text = markdown(result)
-    _machine.write_results(stem, result, text)
-    print(text)
+    _machine.publish(stem, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -401,10 +401,7 @@ def main() -> None:
         "rows": rows,
         "memory_256": memory,
     }
-    text = markdown(result)
-    if not args.quick:
-        _machine.write_results(NAME, result, text)
-    print(text)
+    _machine.publish(NAME, result, markdown(result), record=not args.quick)
 
 
 if __name__ == "__main__":

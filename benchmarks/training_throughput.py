@@ -207,10 +207,7 @@ def main() -> None:
         "settings": {"threads": threads, "size": SIZE, "batch": BATCH, "dtype": "float32"},
         "rows": rows,
     }
-    text = markdown(result)
-    if not args.quick:
-        _machine.write_results(NAME, result, text)
-    print(text)
+    _machine.publish(NAME, result, markdown(result), record=not args.quick)
 
 
 if __name__ == "__main__":

@@ -481,9 +481,7 @@ def main() -> None:
         "cases": results,
     }
     stem = NAME + ("_quick" if args.quick else "")
-    text = markdown(result)
-    _machine.write_results(stem, result, text)
-    print(text)
+    _machine.publish(stem, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -151,10 +151,7 @@ def main() -> None:
         "rows": measure(args.quick),
         "default_x_step": _default_x_step(),
     }
-    text = markdown(result)
-    if not args.quick:
-        _machine.write_results(NAME, result, text)
-    print(text)
+    _machine.publish(NAME, result, markdown(result), record=not args.quick)
 
 
 if __name__ == "__main__":
