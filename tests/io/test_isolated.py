@@ -218,3 +218,46 @@ def test_the_child_does_not_outlive_an_interrupted_caller(tmp_path: Path) -> Non
     assert b"KeyboardInterrupt" in err
     _, alive = psutil.wait_procs(children, timeout=10)
     assert not alive
+
+
+def test_the_answer_comes_back_whole_and_writeable(tmp_path: Path) -> None:
+    """The child's answer file round trip: arrays (contiguous or not, of every dtype a record
+    holds) come back equal and writeable, the rest of the record as it was."""
+    rng = np.random.default_rng(0)
+    kspace = (rng.standard_normal((2, 3, 8, 6)) + 1j).astype(np.complex64)
+    result = (
+        "ok",
+        {
+            "kspace": kspace,
+            "strided": kspace[:, :, ::2].real,  # not contiguous: pickled in band
+            "fortran": np.asfortranarray(rng.random((5, 4), np.float32)),
+            "mask": rng.random(6) > 0.5,
+            "text": "fastMRI",
+        },
+    )
+    path = tmp_path / "answer"
+    isolated_module._save_answer(result, str(path))
+    status, back = isolated_module._load_answer(path)
+    assert status == "ok" and back["text"] == "fastMRI"
+    for key in ("kspace", "strided", "fortran", "mask"):
+        np.testing.assert_array_equal(back[key], result[1][key])
+        assert back[key].dtype == result[1][key].dtype
+        assert back[key].flags.writeable
+    back["kspace"][0, 0, 0, 0] = 0  # its own memory
+    assert kspace[0, 0, 0, 0] != 0
+
+
+def test_an_answer_cut_short_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "answer"
+    isolated_module._save_answer(("ok", np.arange(1000.0)), str(path))
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(EOFError, match="ends early"):
+        isolated_module._load_answer(path)
+
+
+def test_a_child_that_exits_without_an_answer_is_reported(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(isolated_module, "CHILD", "pass")
+    path = tmp_path / "scan.h5"
+    path.write_bytes(b"not read")
+    with pytest.raises(ReadError, match="the process reading it gave no readable answer"):
+        read_isolated(path, timeout=60)

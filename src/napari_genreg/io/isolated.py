@@ -14,8 +14,10 @@ none of the caller's threads, Qt or torch) and waits at most :func:`time_limit` 
 limit that grows with the file's size; a child that has not answered by then is killed, and
 one that dies is reported. Either way the caller gets a :class:`ReadError` naming the file,
 and nothing in the calling process was touched. The price is the child's start (importing
-NumPy, h5py and this package) and the record sent back pickled through a pipe: while it
-arrives the caller holds it about three times (the bytes, their join, the arrays).
+NumPy, h5py and this package, about a second) and the record's round trip through a file in a
+private temporary folder: the child writes the arrays' bytes out of band (pickle protocol 5),
+and the caller reads them straight into the memory of its arrays, so that it never holds the
+record more than once (``benchmarks/isolated_read.py``).
 
 Where :data:`sys.executable` is no Python to start (a frozen application), the file is read
 in the calling process.
@@ -44,8 +46,6 @@ SECONDS_PER_GIB = 60.0
 #: Seconds to wait for a killed child to go (one stuck in the kernel, on a hung network
 #: share, goes only when its I/O returns); after that it is left to end on its own.
 KILL_WAIT_SECONDS = 5.0
-#: Ends the child's answer, after the pickle's length: what was printed before it is skipped.
-TRAILER = b"napari-genreg isolated read\n"
 #: Characters of the child's stderr kept for a message.
 STDERR_TAIL = 2000
 
@@ -92,18 +92,51 @@ def read_isolated(
         from napari_genreg import io
 
         return io.read(path, noise_sigma=noise_sigma, seed=seed)
-    request = pickle.dumps((os.fspath(path), noise_sigma, seed))
-    with tempfile.TemporaryFile() as errors:
+    # (a killed child that is still going holds its files open: Windows cannot delete them)
+    with tempfile.TemporaryDirectory(
+        prefix="napari-genreg-read-", ignore_cleanup_errors=True
+    ) as folder:
+        answer = Path(folder) / "answer"
+        request = pickle.dumps((os.fspath(path), noise_sigma, seed, os.fspath(answer)))
+        said, code = _run_child(path, request, timeout, Path(folder) / "output")
+        try:
+            # pickled by our child from the record it built: none of the file's bytes is
+            # unpickled
+            status, payload = _load_answer(answer) if code == 0 else (None, None)
+        except (OSError, EOFError, ValueError, pickle.UnpicklingError):
+            status = None
+    if status is None:
+        last = f": {said[-1]}" if said else ""
+        if code < 0 or code >= 0xC0000000:  # a signal; a Windows crash
+            raise ReadError(
+                path,
+                f"the process reading it died (exit code {code}): the file is probably "
+                f"corrupt{last}",
+            )
+        if code == 0:  # not seen: our child writes its answer before it exits
+            raise ReadError(path, "the process reading it gave no readable answer")
+        raise ReadError(path, f"the process reading it failed (exit code {code}){last}")
+    if status == "error":
+        raise payload
+    return payload
+
+
+def _run_child(
+    path: str | os.PathLike[str], request: bytes, timeout: float, output: Path
+) -> tuple[list[str], int]:
+    """Run the child on ``request``; its last lines of output (stdout and stderr, kept in
+    the file ``output``) and its exit code."""
+    with open(output, "w+b") as said:
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD],
             stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=errors,
+            stdout=said,
+            stderr=said,
             env=_child_environment(),
             creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),  # Windows: no console
         )
         try:
-            output, _ = child.communicate(request, timeout=timeout)
+            child.communicate(request, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise ReadError(
                 path,
@@ -114,36 +147,41 @@ def read_isolated(
             if child.poll() is None:
                 child.kill()
                 try:
-                    child.communicate(timeout=KILL_WAIT_SECONDS)
+                    child.wait(timeout=KILL_WAIT_SECONDS)
                 except subprocess.TimeoutExpired:
                     pass
-        errors.seek(max(0, errors.seek(0, os.SEEK_END) - STDERR_TAIL))
-        said = errors.read().decode("utf-8", "replace").strip().splitlines()
-    answer = _unframe(output)
-    if answer is None:
-        last = f": {said[-1]}" if said else ""
-        if child.returncode < 0 or child.returncode >= 0xC0000000:  # a signal; a Windows crash
-            raise ReadError(
-                path,
-                f"the process reading it died (exit code {child.returncode}): the file is "
-                f"probably corrupt{last}",
-            )
-        raise ReadError(path, f"the process reading it failed (exit code {child.returncode}){last}")
-    # pickled by our child from the record it built: none of the file's bytes is unpickled
-    status, payload = pickle.loads(answer)
-    if status == "error":
-        raise payload
-    return payload
+        said.seek(max(0, said.seek(0, os.SEEK_END) - STDERR_TAIL))
+        lines = said.read().decode("utf-8", "replace").strip().splitlines()
+    return lines, child.returncode
 
 
-def _unframe(output: bytes) -> bytes | None:
-    """The pickle the child wrote last (``pickle, its length, TRAILER``), or ``None`` when
-    the output does not end so (the child died or failed before it answered)."""
-    if not output.endswith(TRAILER) or len(output) < len(TRAILER) + 8:
-        return None
-    end = len(output) - len(TRAILER) - 8
-    length = int.from_bytes(output[end : end + 8], "little")
-    return output[end - length : end] if length <= end else None
+def _save_answer(result: tuple[str, Any], path: str) -> None:
+    """Write ``result`` to ``path``: its pickle (protocol 5) with the arrays' bytes out of band,
+    each after its length (see :func:`_load_answer`)."""
+    buffers: list[pickle.PickleBuffer] = []
+    head = pickle.dumps(result, protocol=5, buffer_callback=buffers.append)
+    with open(path, "wb") as out:
+        out.write(len(head).to_bytes(8, "little") + head)
+        for buffer in buffers:
+            raw = buffer.raw()
+            out.write(raw.nbytes.to_bytes(8, "little"))
+            out.write(raw)
+
+
+def _load_answer(path: Path) -> tuple[str, Any]:
+    """What :func:`_save_answer` wrote: each array is read into a buffer of its own, which
+    the unpickled array uses as its memory (no copy)."""
+    with open(path, "rb") as source:
+        size = source.seek(0, os.SEEK_END)
+        source.seek(0)
+        head = source.read(int.from_bytes(source.read(8), "little"))
+        buffers = []
+        while source.tell() < size:
+            buffer = bytearray(int.from_bytes(source.read(8), "little"))
+            if source.readinto(buffer) != len(buffer):
+                raise EOFError(f"{path}: the answer ends early")
+            buffers.append(buffer)
+    return pickle.loads(head, buffers=buffers)
 
 
 def _child_environment() -> dict[str, str]:
@@ -166,13 +204,9 @@ CHILD = (
 
 
 def _child_main() -> None:
-    """The child: read the request from stdin, answer ``("ok", record)`` or
-    ``("error", ReadError)`` on stdout (framed: see :func:`_unframe`). Anything else written
-    to stdout, by Python or by C code, goes to stderr from here on."""
-    answer = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    path, noise_sigma, seed = pickle.loads(sys.stdin.buffer.read())  # read_isolated's request
+    """The child: read the request from stdin, write ``("ok", record)`` or
+    ``("error", ReadError)`` to the answer's file (:func:`_save_answer`)."""
+    path, noise_sigma, seed, answer = pickle.loads(sys.stdin.buffer.read())  # read_isolated's
     from napari_genreg import io
 
     try:
@@ -181,7 +215,7 @@ def _child_main() -> None:
         result = ("error", exc)
     except Exception as exc:  # read() turns readers' failures into ReadError; anything else
         result = ("error", ReadError(path, f"{type(exc).__name__}: {exc}"))
-    data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
-    answer.write(data + len(data).to_bytes(8, "little") + TRAILER)
-    answer.flush()
+    _save_answer(result, answer)
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(0)  # the answer is out: nothing at interpreter exit may turn it into a crash
