@@ -157,6 +157,7 @@ class ReconstructWidget(QWidget):
         self._hidden_for_grid: list[Any] = []
         self._named_for_grid: list[Any] = []
         self._unnamed_for_layout: list[Any] = []  # names of the grid hidden while it grows
+        self._switching_grid = False  # grid mode switched by this widget, not by another
         self._live = session.LiveRun()
         self._pbar: Any = None
         self._display_range: tuple[float, float] = (0.0, 1.0)
@@ -193,6 +194,7 @@ class ReconstructWidget(QWidget):
         layers.events.removed.connect(self._on_layers_changed)
         for layer in layers:
             layer.events.name.connect(self._on_layers_changed)
+        grid(self.viewer).events.enabled.connect(self._on_grid_switched)
         self._on_input_changed()
         self.refresh_mask()
         self._start_loading_choices()
@@ -998,11 +1000,15 @@ class ReconstructWidget(QWidget):
 
         def grid_on() -> None:
             if self.grid_check.isChecked():
-                grid(self.viewer).enabled = True
+                self._switch_grid(True)
+
+        def fit() -> None:  # each cell is smaller than the canvas was: zoomed in, cut off
+            if self.grid_check.isChecked():
+                self.viewer.reset_view()
 
         # the grid first, then one name per turn: in a grid switched on with the names shown,
         # the first draw builds each name's text program as well as the images'
-        return [hide, grid_on, *self._name_steps(list(self.viewer.layers))]
+        return [hide, grid_on, fit, *self._name_steps(list(self.viewer.layers))]
 
     def _name_steps(self, layers: list[Any]) -> list[Callable[[], None]]:
         """Steps that write the name of each of ``layers`` that is shown in its grid cell."""
@@ -1025,16 +1031,40 @@ class ReconstructWidget(QWidget):
 
     def _hide_grid(self) -> None:
         """Leave grid mode; show what it hid and hide the names it wrote."""
-        grid(self.viewer).enabled = False
+        self._switch_grid(False)
         for layer in self._hidden_for_grid:
             if layer in self.viewer.layers:
                 layer.visible = True
+        self._unname()
+        self._hidden_for_grid = []
+        self._unnamed_for_layout = []
+        self.viewer.reset_view()
+
+    def _switch_grid(self, enabled: bool) -> None:
+        self._switching_grid = True
+        try:
+            grid(self.viewer).enabled = enabled
+        finally:
+            self._switching_grid = False
+
+    def _unname(self) -> None:
+        """Hide the names this widget wrote in the grid's cells."""
         for layer in self._named_for_grid:
             if layer in self.viewer.layers:
                 layer.name_overlay.visible = False
-        self._hidden_for_grid = []
         self._named_for_grid = []
-        self._unnamed_for_layout = []
+
+    def _on_grid_switched(self, event: Any = None) -> None:
+        """Grid mode switched by napari's grid button or by another widget (the Covariance
+        Inspector leaves it to draw over one image): the names this widget wrote go with the
+        grid (out of it, napari stacks them all in the canvas's corner) and come back with
+        it, when the box is ticked."""
+        if self._switching_grid:
+            return
+        if not grid(self.viewer).enabled:
+            self._unname()
+        elif self.grid_check.isChecked():
+            self._steps.add(*self._name_steps(list(self.viewer.layers)))
 
     def _on_grid_toggled(self, checked: bool) -> None:
         if not checked:
