@@ -109,6 +109,9 @@ def test_a_click_shows_the_covariance_at_the_reconstructions_latent(inspected, q
     view = expected_view(source, pixel, samples=3)
     layers = widget.layers
     assert set(layers) == {"positive", "negative", "correlation", "variance", "samples", "marker"}
+    # the options' layers, made after the others, go below them: the overlays stay on top
+    stacked = [la for la in viewer.layers if la in layers.values()]
+    assert stacked == [layers[role] for role in inspector.ROLES]
     for role in ("positive", "negative", "correlation", "variance", "samples"):
         np.testing.assert_allclose(layers[role].data, getattr(view, role), rtol=1e-5, atol=1e-12)
     np.testing.assert_array_equal(layers["marker"].data, [pixel])
@@ -155,6 +158,19 @@ def test_a_click_shows_the_covariance_at_the_reconstructions_latent(inspected, q
     assert len(viewer.layers) == count - 2
 
 
+def test_only_vae_reconstructions_are_offered_and_the_selection_is_left_alone(inspected):
+    """The other methods' results have no covariance to show; the inspection's layers, made
+    hidden after the run, do not take the selection (and the layer controls) from its
+    result."""
+    viewer, widget = inspected
+    offered = [widget.source_combo.itemText(i) for i in range(widget.source_combo.count())]
+    assert offered == [VAE]
+    assert set(widget.layers) == {"positive", "negative", "marker"}
+    assert viewer.layers.selection.active is viewer.layers[VAE]
+    viewer.layers.selection.active = viewer.layers[TV]  # a non-vae layer chosen in napari
+    assert widget.source_combo.currentText() == VAE
+
+
 def test_choosing_a_reconstruction_prepares_its_latent_for_the_first_click(inspected, qtbot):
     """The chosen vae-* result's decoder output and variance map are computed in a worker as
     soon as it is chosen (once per latent), so a first click reuses them."""
@@ -162,12 +178,12 @@ def test_choosing_a_reconstruction_prepares_its_latent_for_the_first_click(inspe
 
     viewer, widget = inspected
     assert widget.source_layer().name == VAE
-    widget.set_source(TV)
+    widget.source_combo.setCurrentIndex(-1)  # none, then the same again
     widget.set_source(VAE)
     assert widget.warm_worker is None  # the same latent is not prepared twice
     covariance.clear_covariance_cache()
     widget._warmed = None  # forget it, as for a new reconstruction
-    widget.set_source(TV)
+    widget.source_combo.setCurrentIndex(-1)
     widget.set_source(VAE)
     assert widget.warm_worker is not None
     qtbot.waitUntil(lambda: widget.warm_worker is None, timeout=TIMEOUT_MS)
@@ -241,12 +257,10 @@ def test_errors_are_notifications_and_leave_the_layers_intact(inspected, qtbot):
     with qtbot.waitSignal(widget.inspection_failed, timeout=TIMEOUT_MS) as failed:
         click(widget, viewer, viewer.layers[VAE].data_to_world((-5, 300)))
     assert "outside" in failed.args[0]
-    # a reconstruction without a generative prior
-    widget.set_source(TV)
-    assert "no generative prior" in widget.source_info.text()
-    with qtbot.waitSignal(widget.inspection_failed, timeout=TIMEOUT_MS) as failed:
-        click(widget, viewer, viewer.layers[TV].data_to_world((64, 64)))
-    assert "was made by tv, which has no generative prior" in failed.args[0]
+    # a reconstruction without a generative prior is not offered
+    assert widget.source_combo.findText(TV) < 0
+    with pytest.raises(ValueError, match=r"'tv · .*' is not a reconstruction made by a vae-"):
+        widget.set_source(TV)
     # a generative layer whose latent is missing
     widget.set_source(VAE)
     viewer.layers[VAE].metadata[METADATA_KEY]["latent"] = None
@@ -255,7 +269,7 @@ def test_errors_are_notifications_and_leave_the_layers_intact(inspected, qtbot):
     assert "carries no latent" in failed.args[0]
 
     messages = errors_since(start)
-    assert len(messages) == 3 and all(m.startswith("Covariance Inspector: ") for m in messages)
+    assert len(messages) == 2 and all(m.startswith("Covariance Inspector: ") for m in messages)
     assert layer_state(viewer) == before
     assert widget.worker is None
 

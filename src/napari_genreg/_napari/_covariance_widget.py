@@ -33,7 +33,12 @@ from qtpy.QtWidgets import (
 
 from napari_genreg._napari import _inspector as inspector
 from napari_genreg._napari._session import KIND_COVARIANCE, KIND_PREVIEW, layer_kind
-from napari_genreg._napari._viewer import StepQueue, grid, scrolling_layout
+from napari_genreg._napari._viewer import (
+    StepQueue,
+    add_keeping_selection,
+    grid,
+    scrolling_layout,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -42,6 +47,12 @@ logger = logging.getLogger(__name__)
 
 #: Notification prefix of the widget's errors.
 TITLE = "Covariance Inspector"
+
+
+#: Pixels of its controls the dock keeps shown when stacked under another: the layer, its
+#: description, the status line and most options, in the usual fonts (a window 945 pixels high,
+#: the first launch's on a 1920 x 1080 screen, then shows the Reconstruct dock down to Run).
+KEEP_HEIGHT = 240
 
 
 class InspectionFailed(Exception):
@@ -125,7 +136,9 @@ class CovarianceWidget(QWidget):
     # ------------------------------------------------------------------------------ layout
 
     def _build_ui(self) -> None:
-        root = scrolling_layout(self)
+        # stacked under the Reconstruct dock, which scrolls: the layer, the status line and
+        # the options stay shown
+        root = scrolling_layout(self, keep=KEEP_HEIGHT)
         box = QGroupBox("Reconstruction")
         form = QFormLayout(box)
         self.source_combo = QComboBox()
@@ -135,8 +148,11 @@ class CovarianceWidget(QWidget):
         )
         self.source_info = QLabel()
         self.source_info.setWordWrap(True)
+        self.status = QLabel("click a pixel of the reconstruction")
+        self.status.setWordWrap(True)
         form.addRow("layer", self.source_combo)
         form.addRow(self.source_info)
+        form.addRow(self.status)
         root.addWidget(box)
 
         box = QGroupBox("Show")
@@ -163,9 +179,6 @@ class CovarianceWidget(QWidget):
         )
         legend.setWordWrap(True)
         root.addWidget(legend)
-        self.status = QLabel("click a pixel of the reconstruction")
-        self.status.setWordWrap(True)
-        root.addWidget(self.status)
         root.addStretch(1)
 
         self.source_combo.currentIndexChanged.connect(self._on_source_changed)
@@ -187,12 +200,12 @@ class CovarianceWidget(QWidget):
         self._rebuild_sources()
 
     def _rebuild_sources(self) -> None:
-        """List the reconstructions; a generative one that is new (just added, or just
-        finished by the Reconstruct widget) is chosen, else the choice is kept."""
+        """List the reconstructions made by vae-* methods (the others have no covariance to
+        show); one that is new (just added, or just finished by the Reconstruct widget) is
+        chosen, else the choice is kept."""
         old = self.source_combo.currentText()
-        names = [la.name for la in self.viewer.layers if inspector.is_reconstruction(la)]
-        generative = [n for n in names if inspector.is_generative(self.viewer.layers[n])]
-        new = [n for n in generative if n not in self._known]
+        names = [la.name for la in self.viewer.layers if inspector.is_inspectable(la)]
+        new = [n for n in names if n not in self._known]
         self._known = set(names)
         self.source_combo.blockSignals(True)
         self.source_combo.clear()
@@ -202,19 +215,21 @@ class CovarianceWidget(QWidget):
         elif old in names:
             self.source_combo.setCurrentText(old)
         else:
-            self.source_combo.setCurrentText((generative or names or [""])[-1])
+            self.source_combo.setCurrentText((names or [""])[-1])
         self.source_combo.blockSignals(False)
         self._on_source_changed()
 
     def _on_active_changed(self, event: Any = None) -> None:
         layer = self.viewer.layers.selection.active
-        if layer is not None and inspector.is_reconstruction(layer):
+        if layer is not None and inspector.is_inspectable(layer):
             self.source_combo.setCurrentText(layer.name)
 
     def _on_source_changed(self, *_: Any) -> None:
         layer = self.source_layer()
         if layer is None:
-            self.source_info.setText("no reconstruction yet: run a vae-* method in Reconstruct")
+            self.source_info.setText(
+                "no reconstruction by a vae-* method yet: run one in Reconstruct"
+            )
             return
         try:
             target = inspector.inspect_target(layer)
@@ -292,7 +307,7 @@ class CovarianceWidget(QWidget):
         """Choose the reconstruction layer called ``name``."""
         index = self.source_combo.findText(name)
         if index < 0:
-            raise ValueError(f"{name!r} is not a reconstruction layer")
+            raise ValueError(f"{name!r} is not a reconstruction made by a vae-* method")
         self.source_combo.setCurrentIndex(index)
 
     def options(self) -> inspector.InspectOptions:
@@ -408,9 +423,26 @@ class CovarianceWidget(QWidget):
         array, kwargs, kind = data
         if self._has(role, kind) or source not in self.viewer.layers:
             return
-        self.layers[role] = self.viewer.add_layer(
-            Layer.create(array, {**kwargs, "visible": False}, kind)
+        self.layers[role] = add_keeping_selection(
+            self.viewer, Layer.create(array, {**kwargs, "visible": False}, kind)
         )
+        self._steps.add_next(lambda: self._place(role))
+
+    def _place(self, role: str) -> None:
+        """Move the layer of ``role`` below the inspection's layers that go above it
+        (:data:`._inspector.ROLES`): an option ticked later adds its layer on top."""
+        layer = self.layers.get(role)
+        layers = self.viewer.layers
+        if layer is None or layer not in layers:
+            return
+        above = [
+            layers.index(other)
+            for later in inspector.ROLES[inspector.ROLES.index(role) + 1 :]
+            if (other := self.layers.get(later)) is not None and other in layers
+        ]
+        index = layers.index(layer)
+        if above and min(above) < index:
+            layers.move(index, min(above))
 
     def _has(self, role: str, kind: str) -> bool:
         """Whether the layer of ``role`` exists, of the type ``kind``."""
@@ -504,6 +536,7 @@ class CovarianceWidget(QWidget):
         settings = grid(self.viewer)
         if settings.enabled:
             settings.enabled = False
+            self.viewer.reset_view()  # a cell's zoom on the whole canvas: the image small
         base = layers[source]
         base.visible = True
         start = layers.index(base)

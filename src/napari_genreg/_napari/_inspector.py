@@ -143,6 +143,17 @@ def is_generative(layer: Any) -> bool:
     )
 
 
+def is_inspectable(layer: Any) -> bool:
+    """True for a reconstruction by a vae-* method: what the Covariance Inspector lists (one
+    whose latent went missing is listed, to say so when chosen)."""
+    entry = _entry(layer)
+    return (
+        is_reconstruction(layer)
+        and entry.get("regularizer") != "adapt"
+        and (entry.get("prior_head") is not None or is_generative(layer))
+    )
+
+
 def inspect_target(layer: Any) -> InspectTarget:
     """What :func:`compute_view` needs, read from a reconstruction layer's metadata.
 

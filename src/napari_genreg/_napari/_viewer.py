@@ -1,6 +1,7 @@
 """What both dock widgets need of the napari viewer and of the Qt event loop.
 
 - :func:`grid`: the viewer's grid settings, across napari versions;
+- :func:`add_keeping_selection`: a layer added without taking the user's selection;
 - :class:`StepQueue`: one-off napari calls (adding a layer, removing one, switching the grid)
   run one per event-loop turn, so that none of them follows another without the event loop
   being able to repaint and react in between;
@@ -101,6 +102,20 @@ def glyph_steps(
     ]
 
 
+def add_keeping_selection(viewer: Any, layer: Any) -> Any:
+    """``viewer.add_layer(layer)`` with the layers that were selected selected again (napari
+    selects the layer it adds: a hidden helper layer would take the layer controls and the
+    status bar from the layer the user works on)."""
+    selection = viewer.layers.selection
+    before = list(selection)
+    added = viewer.add_layer(layer)
+    kept = [la for la in before if la in viewer.layers]
+    if kept:
+        selection.clear()
+        selection.update(kept)
+    return added
+
+
 def grid(viewer: Any) -> Any:
     """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9, ``viewer.grid``
     before)."""
@@ -109,9 +124,14 @@ def grid(viewer: Any) -> Any:
 
 
 class _VerticalScrollArea(QScrollArea):
-    """A scroll area that scrolls vertically only: it is as wide as its contents need, and
-    asks its dock for a new size whenever their layout changes (a scroll area would keep the
-    size it had when it was docked)."""
+    """A scroll area that scrolls vertically only: it is as wide as its contents need, at
+    least ``keep`` pixels high (or as high as its contents, when they need less), and asks its
+    dock for a new size whenever their layout changes (a scroll area would keep the size it
+    had when it was docked)."""
+
+    def __init__(self, parent: QWidget, keep: int = 0) -> None:
+        super().__init__(parent)
+        self._keep = keep
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
@@ -124,7 +144,8 @@ class _VerticalScrollArea(QScrollArea):
         if inner is None:
             return size
         width = inner.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
-        return QSize(max(size.width(), width), size.height())
+        height = min(self._keep, inner.sizeHint().height())
+        return QSize(max(size.width(), width), max(size.height(), height))
 
     def sizeHint(self) -> QSize:
         size = super().sizeHint()
@@ -135,14 +156,16 @@ class _VerticalScrollArea(QScrollArea):
         return QSize(width, max(size.height(), inner.sizeHint().height()))
 
 
-def scrolling_layout(widget: QWidget) -> QVBoxLayout:
+def scrolling_layout(widget: QWidget, keep: int = 0) -> QVBoxLayout:
     """The layout to put ``widget``'s controls in: a vertical layout inside a frameless scroll
     area that fills ``widget``. The scroll area is vertically expanding, so napari adds no
     stretch below it; when the dock is shorter than the controls, they scroll (vertically: the
-    area is as wide as the controls need)."""
+    area is as wide as the controls need). The dock is never squeezed below ``keep`` pixels
+    (less when the controls need less): a dock stacked under a taller one keeps that much
+    shown."""
     outer = QVBoxLayout(widget)
     outer.setContentsMargins(0, 0, 0, 0)
-    area = _VerticalScrollArea(widget)
+    area = _VerticalScrollArea(widget, keep)
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
