@@ -72,6 +72,12 @@ def grid(viewer):
     return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
 
 
+def camera(viewer):
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
 def named(viewer) -> set[str]:
     """The layers whose name is written in their grid cell."""
     return {layer.name for layer in viewer.layers if layer.name_overlay.visible}
@@ -335,6 +341,42 @@ def test_a_run_into_a_grid_writes_every_name_again(sample, qtbot):
     assert widget._unnamed_for_layout == []
 
 
+def test_each_image_is_whole_in_its_cell_and_in_the_canvas_after(sample, qtbot):
+    """The camera is fitted when the run switches the grid on (a cell is smaller than the
+    canvas: the zoom of the canvas showed the middle of each image) and when the grid is left
+    (the zoom of a cell showed a small image)."""
+    viewer, widget = sample
+    widget.set_methods(["zero-filled", "tv"])
+    widget.iterations_spin.setValue(2)
+    run_and_wait(qtbot, widget)
+    assert grid(viewer).enabled
+    shown = camera(viewer).zoom
+    viewer.reset_view()
+    assert camera(viewer).zoom == pytest.approx(shown)
+
+    widget.grid_check.setChecked(False)
+    assert not grid(viewer).enabled
+    shown = camera(viewer).zoom
+    viewer.reset_view()
+    assert camera(viewer).zoom == pytest.approx(shown)
+
+
+def test_the_names_go_with_the_grid_whoever_leaves_it(sample, qtbot):
+    """Out of grid mode napari stacks every name in the canvas's corner: the names the widget
+    wrote go when another (napari's grid button, the Covariance Inspector) leaves the grid,
+    and come back when the grid does."""
+    viewer, widget = sample
+    widget.set_methods(["zero-filled"])
+    run_and_wait(qtbot, widget)
+    assert named(viewer) == {"brain", "zero-filled · poisson 4x"}
+    grid(viewer).enabled = False
+    assert named(viewer) == set()
+    assert widget.grid_check.isChecked()  # what runs do is still the user's choice
+    grid(viewer).enabled = True
+    qtbot.waitUntil(lambda: not widget._steps, timeout=TIMEOUT_MS)
+    assert named(viewer) == {"brain", "zero-filled · poisson 4x"}
+
+
 def test_leaving_the_grid_during_the_layout_leaves_no_name_behind(sample, qtbot):
     """Unticked as soon as the run switches the grid on: the steps still queued (the names)
     do nothing, and the grid stays off."""
@@ -560,7 +602,8 @@ def test_the_convergence_plot_paints_any_history(qtbot):
     plot.clear()
     assert plot.curves() == {} and not plot.grab().isNull()
     assert [decade_label(k) for k in (0, -1, -2, -3)] == ["1", "0.1", "0.01", "1e-3"]
-    assert x_ticks(20) == [1, 5, 10, 15, 20] and x_ticks(2) == [1, 2] and x_ticks(8)[-1] == 8
+    assert x_ticks(2) == [1, 2] and x_ticks(8) == [1, 2, 5, 8]
+    assert x_ticks(1000) == [1, 10, 100, 1000] and x_ticks(1200) == [1, 10, 100, 1000]
 
 
 def test_a_long_curve_is_drawn_as_its_envelope_at_the_plots_width(qtbot):
@@ -568,9 +611,10 @@ def test_a_long_curve_is_drawn_as_its_envelope_at_the_plots_width(qtbot):
 
     rng = np.random.default_rng(0)
     y = np.abs(rng.standard_normal(100_000)) + 1e-6
-    y[50_000:51_000] = np.nan  # a run with nothing drawable breaks the line
+    y[50_000:55_000] = np.nan  # a run with nothing drawable breaks the line
     k, v = envelope(y, 300)
     assert k.size <= 600 and np.all(np.diff(k) > 0)  # in iteration order
+    assert k[:10].tolist() == list(range(1, 11))  # a log axis: the first iterations are wide
     np.testing.assert_array_equal(v, y[k - 1])
     assert np.nanmax(v) == np.nanmax(y) and np.nanmin(v) == np.nanmin(y)
     assert np.isnan(v).any()

@@ -4,8 +4,8 @@ A matplotlib draw of the same plot held the GUI thread for 35 to 160 ms (most of
 and rendering the tick labels), and while a solver ran in the worker for twice that; a paint of
 this widget takes a few milliseconds (a long curve is reduced to its envelope at the plot's
 width first, :func:`envelope`), so the plot follows a run live without blocking the event
-loop. It shows :func:`~._session.relative_excess` of each iterative method's objective history
-on a log axis.
+loop. It shows :func:`~._session.relative_excess` of each iterative method's objective history,
+log against log: methods of 8 and of 1000 iterations share the iteration axis.
 """
 
 from __future__ import annotations
@@ -52,27 +52,37 @@ def decade_label(k: int) -> str:
 
 
 def x_ticks(last: int) -> list[int]:
-    """Iterations to mark on an axis from 1 to ``last``: 1 and multiples of a round step, at
-    most about 6."""
-    step = 1
-    for candidate in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10000):
-        step = candidate
-        if last / candidate <= 6:
-            break
-    else:
-        step = 10 ** math.ceil(math.log10(max(last, 1) / 6))
-    ticks = [1] + [k for k in range(step, last + 1, step) if k > 1]
+    """Iterations to mark on a log axis from 1 to ``last``: the powers of ten, with 2 and 5
+    times them where the axis spans less than three decades, and ``last`` itself unless a tick
+    is close below it.
+
+    Examples
+    --------
+    >>> x_ticks(8), x_ticks(20), x_ticks(1000), x_ticks(3000)
+    ([1, 2, 5, 8], [1, 2, 5, 10, 20], [1, 10, 100, 1000], [1, 10, 100, 1000, 3000])
+    """
+    multiples = (1, 2, 5) if last < 1000 else (1,)
+    ticks = [
+        m * 10**k
+        for k in range(int(math.log10(max(last, 1))) + 1)
+        for m in multiples
+        if m * 10**k <= last
+    ]
+    if last / ticks[-1] > 1.3:
+        ticks.append(last)
     return ticks
 
 
 def envelope(y: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
     """The points of a curve worth drawing at ``bins`` pixel columns: ``(iterations, values)``.
 
-    A curve of at most ``2 * bins`` points is drawn whole. A longer one is cut into ``bins``
-    equal runs of iterations, and of each run the points of its lowest and its highest
-    drawable (finite, positive) value are kept, in iteration order: the polyline looks the
-    same at that width, and a paint costs the same after a million iterations as after a
-    thousand. A run with nothing drawable keeps one undrawable point, so the line breaks there.
+    A curve of at most ``2 * bins`` points is drawn whole. A longer one is cut into at most
+    ``bins`` runs of iterations as wide as the pixel columns of a log axis (a run of iteration
+    ``k`` to ``r k``, ``r`` the same for all), and of each run the points of its lowest and
+    its highest drawable (finite, positive) value are kept, in iteration order: the polyline
+    looks the same at that width, and a paint costs the same after a million iterations as
+    after a thousand. A run with nothing drawable keeps one undrawable point, so the line
+    breaks there.
 
     Examples
     --------
@@ -84,7 +94,7 @@ def envelope(y: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
     if n <= 2 * bins:
         return np.arange(1, n + 1), y
     drawable = np.where(np.isfinite(y) & (y > 0), y, np.nan)
-    edges = np.linspace(0, n, bins + 1).astype(int)
+    edges = np.unique(np.round(np.geomspace(1, n + 1, bins + 1)).astype(int) - 1)
     keep: list[int] = []
     for start, stop in itertools.pairwise(edges):
         part = drawable[start:stop]
@@ -187,7 +197,7 @@ class ConvergencePlot(QWidget):
         last = max(last, 2)
 
         def px(x: float) -> float:
-            return area.left() + (x - 1) / (last - 1) * area.width()
+            return area.left() + math.log(x) / math.log(last) * area.width()
 
         def py(y: float) -> float:
             return area.top() + (-math.log10(y)) / (-low) * area.height()
