@@ -103,6 +103,21 @@ def test_complex_kspace_input_is_reconstructed(tmp_path):
         (["reconstruct", "sample:brain", "--out", "x.npy", "--slice", "4"], "out of range"),
         (["reconstruct", "sample:brain", "--out", "x.npy", "--device", "tpu"], "unknown device"),
         (["compare", "sample:brain", "--out-dir", "d", "--regularizers", "tv,tv"], "twice"),
+        (["reconstruct", "sample:brain", "--out", "x.npy", "--acceleration", "0"], ">= 1, got 0"),
+        (
+            [
+                "reconstruct",
+                "sample:brain",
+                "--out",
+                "x.npy",
+                "--mask",
+                "random",
+                "--acceleration",
+                "1000",
+            ],
+            "the random mask at 1000x samples none of the 128 kx lines: lower the acceleration",
+        ),
+        (["reconstruct", "sample:brain", "--out", "x.npy", "--mask", "none.npy"], "none.npy"),
     ],
 )
 def test_bad_arguments_fail_with_a_clear_message_and_write_nothing(
@@ -112,3 +127,61 @@ def test_bad_arguments_fail_with_a_clear_message_and_write_nothing(
     assert main([*argv, "--quiet"]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.npy").exists() and not (tmp_path / "d").exists()
+
+
+def test_output_that_cannot_be_written_fails_before_the_work(tmp_path, monkeypatch, capsys):
+    """A missing folder, an unknown extension, a file where the comparison's folder would be:
+    told at once, not after the reconstruction."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken.npy").write_text("a file")
+    for argv, message in [
+        (["reconstruct", "sample:brain", "--out", "nodir/x.npy"], "the folder nodir does not"),
+        (["compare", "sample:brain", "--regularizers", "tv", "--out-dir", "taken.npy"],
+         "--out-dir taken.npy: a file, not a folder"),
+    ]:  # fmt: skip
+        assert main([*argv, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "mask:" not in err  # no input was read
+
+
+def test_an_empty_mask_file_is_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "empty.npy", np.zeros((128, 128), dtype=bool))
+    assert main(["reconstruct", "sample:brain", "--mask", "empty.npy", "--out", "x.npy"]) == 2
+    assert "--mask empty.npy: mask samples nothing" in capsys.readouterr().err
+
+
+def test_the_weights_of_methods_without_one_are_not_shown_as_zero(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "sample:brain", "--regularizers", "zero-filled,tv", "--iterations",
+                 "3", "--out-dir", str(out), "--quiet"]) == 0  # fmt: skip
+    lam = {r["regularizer"]: r["lam"] for r in json.loads((out / "metrics.json").read_text())}
+    assert lam["zero-filled"] is None and lam["tv"] > 0
+    table = (out / "metrics.md").read_text()
+    assert "| zero-filled | 1 |" in table and "| — |" in table
+    assert main(["reconstruct", "sample:brain", "--regularizer", "zero-filled", "--out",
+                 str(tmp_path / "zf.npy"), "--quiet"]) == 0  # fmt: skip
+    assert "lam=" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "noise, said",
+    [
+        ("0", "noise sigma 0.005 of the image scale (the floor) (none simulated)"),
+        ("0.05", "of the image scale (0.05 of the image maximum simulated)"),
+    ],
+)
+def test_the_noise_line_says_what_was_simulated_and_what_is_assumed(noise, said, tmp_path, capsys):
+    assert main(["reconstruct", "sample:brain", "--regularizer", "zero-filled", "--noise-sigma",
+                 noise, "--out", str(tmp_path / "zf.npy"), "--quiet"]) == 0  # fmt: skip
+    assert said in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_command_line():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "napari_genreg", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "reconstruct" in done.stdout

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -268,7 +269,10 @@ def _mask(args: argparse.Namespace, data) -> tuple[np.ndarray | None, str]:
         raw = np.load(path, allow_pickle=False)
     except Exception as exc:
         raise ValueError(f"{path}: not a readable .npy mask ({exc})") from exc
-    mask = validate_mask(raw, shape)
+    try:
+        mask = validate_mask(raw, shape)
+    except ValueError as exc:
+        raise ValueError(f"--mask {path}: {exc}") from exc
     label = f"{path.name} ({achieved_acceleration(mask):.2f}x), applied retrospectively"
     return mask, label
 
@@ -400,8 +404,8 @@ def _run_methods(args: argparse.Namespace, inputs: Inputs, names: Sequence[str])
                 device=device,
                 coil_maps=args.coil_maps,
             )
-            if not problems:
-                _describe(inputs.data, problem)
+            if not problems:  # above the progress bar, not glued to it
+                bar.write(_describe(inputs.data, problem), file=sys.stderr)
             problems.append(problem)
             for method in methods:
                 bar.set_description(f"slice {index} {method.name}")
@@ -419,8 +423,21 @@ def _run_methods(args: argparse.Namespace, inputs: Inputs, names: Sequence[str])
     return out, problems
 
 
-def _describe(data, problem) -> None:
+def _describe(data, problem) -> str:
     """One line on what the data is and how it will be reconstructed."""
+    from napari_genreg.recon.problem import NOISE_FLOOR
+
+    if data.meta.simulated:
+        asked = data.meta.extra.get("noise_sigma_relative") or 0.0
+        origin = f"{asked:g} of the image maximum simulated" if asked else "none simulated"
+    else:
+        origin = "known" if data.meta.noise_sigma is not None else "estimated"
+    floor = math.isclose(problem.noise_sigma, NOISE_FLOOR * problem.scale, rel_tol=1e-6)
+    noise = (
+        f"noise sigma {problem.noise_relative:.3g} of the image scale"
+        + (" (the floor)" if floor else "")
+        + f" ({origin})"
+    )
     parts = [
         f"{data.n_slices} slice(s)",
         f"k-space {problem.shape[0]}x{problem.shape[1]}",
@@ -428,14 +445,13 @@ def _describe(data, problem) -> None:
         + ("" if problem.maps is None else f" ({problem.coil_method} maps)"),
         "simulated from images" if data.meta.simulated else "measured",
         "retrospectively undersampled" if problem.retrospective else "undersampled in the file",
-        f"noise sigma {problem.noise_sigma:.3g}"
-        + (" (known)" if data.meta.noise_sigma is not None else " (estimated)"),
+        noise,
     ]
     if problem.whitened:
         parts.append("coil-whitened with the file's noise covariance")
     if problem.recon_size != problem.shape:
         parts.append(f"output cropped to {problem.recon_size[0]}x{problem.recon_size[1]}")
-    print("napari-genreg: " + ", ".join(parts), file=sys.stderr)
+    return "napari-genreg: " + ", ".join(parts)
 
 
 def _stack(results: list[_SliceResult], single: bool) -> np.ndarray:
@@ -445,7 +461,9 @@ def _stack(results: list[_SliceResult], single: bool) -> np.ndarray:
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from napari_genreg import io
+    from napari_genreg.recon import get_method
 
+    io.check_target(args.out)  # before the work, not after it
     inputs = _inputs(args)
     print(f"napari-genreg: mask: {inputs.mask_label}", file=sys.stderr)
     results, _ = _run(args, inputs, [args.regularizer])
@@ -460,11 +478,13 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     if latents is not None:
         np.save(latent_path, latents)
         print(f"napari-genreg: wrote the latents to {latent_path}", file=sys.stderr)
+    has_lam = get_method(args.regularizer).has_lam
     for r in slices:
         m = r.result.metrics
         quality = "" if m is None else f"  PSNR {m.psnr:.2f} dB  SSIM {m.ssim:.4f}"
+        weight = f" lam={r.result.lam:.4g}" if has_lam else ""
         print(
-            f"slice {r.slice}: {r.result.name} lam={r.result.lam:.4g} "
+            f"slice {r.slice}: {r.result.name}{weight} "
             f"{r.result.iterations} it {r.result.seconds:.2f} s{quality}",
             file=sys.stderr,
         )
@@ -484,6 +504,7 @@ def _latent_path(out: Path) -> Path:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from napari_genreg import io
+    from napari_genreg.recon import get_method
     from napari_genreg.report import comparison_figure, metrics_markdown
 
     names = [n.strip() for n in args.regularizers.split(",") if n.strip()]
@@ -491,10 +512,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ValueError("--regularizers is empty")
     if len(set(names)) != len(names):
         raise ValueError(f"--regularizers names a method twice: {args.regularizers}")
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # before the work, not after it
+        raise ValueError(f"--out-dir {out_dir}: a file, not a folder")
     inputs = _inputs(args)
     print(f"napari-genreg: mask: {inputs.mask_label}", file=sys.stderr)
     results, problems = _run(args, inputs, names)
-    out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     single = args.slice is not None or inputs.data.n_slices == 1
     records = []
@@ -517,7 +540,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                     "ssim": None if m is None else m.ssim,
                     "nmse": None if m is None else m.nmse,
                     "seconds": r.result.seconds,
-                    "lam": r.result.lam,
+                    "lam": r.result.lam if get_method(name).has_lam else None,
                     "iterations": r.result.iterations,
                 }
             )

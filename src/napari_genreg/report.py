@@ -10,7 +10,8 @@ import numpy as np
 
 
 def metrics_markdown(records: Sequence[Mapping[str, Any]], mask_label: str) -> str:
-    """A Markdown table: one row per regulariser with mean PSNR/SSIM/NMSE over slices."""
+    """A Markdown table: one row per regulariser with mean PSNR/SSIM/NMSE over slices (``n/a``
+    without a reference; ``—`` for the weight of a method that has none)."""
     lines = [
         f"Mask: {mask_label}",
         "",
@@ -21,17 +22,17 @@ def metrics_markdown(records: Sequence[Mapping[str, Any]], mask_label: str) -> s
     for name in names:
         rows = [r for r in records if r["regularizer"] == name]
 
-        def mean(key: str, rows=rows) -> str:
+        def mean(key: str, rows=rows, missing: str = "n/a") -> str:
             values = [r[key] for r in rows if r[key] is not None]
             if not values:
-                return "n/a"
+                return missing
             if len(values) == 1:
                 return f"{values[0]:.4g}"
             return f"{np.mean(values):.4g} ± {np.std(values):.2g}"
 
         lines.append(
             f"| {name} | {len(rows)} | {mean('psnr')} | {mean('ssim')} | {mean('nmse')} "
-            f"| {mean('lam')} | {mean('seconds')} |"
+            f"| {mean('lam', missing='—')} | {mean('seconds')} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -397,3 +397,19 @@ def test_validate_mask_returns_a_copy():
 def test_validate_mask_refuses(mask, message):
     with pytest.raises(ValueError, match=message):
         validate_mask(mask, (4, 4))
+
+
+@pytest.mark.parametrize("acceleration", [0, 0.5, -3, float("nan"), float("inf")])
+def test_the_default_centre_refuses_a_bad_acceleration(acceleration):
+    for name in ("random", "poisson"):
+        with pytest.raises(ValueError, match="acceleration must be"):
+            default_center_fraction(name, acceleration)
+
+
+@pytest.mark.parametrize("name", ["random", "equispaced"])
+def test_a_line_mask_that_samples_no_line_says_so(name):
+    """At an acceleration above the number of lines the default centre is under a line, and
+    the draw keeps none: an error naming the mask and the acceleration, not an empty mask."""
+    with pytest.raises(ValueError, match=f"the {name} mask at 1000x samples none of the 128"):
+        make_mask(name, (128, 128), acceleration=1000)
+    assert make_mask("gaussian1d", (128, 128), acceleration=1000).any()  # one line, exactly

@@ -36,7 +36,7 @@ from .mrd import read_mrd
 from .records import KSpaceData, Metadata
 from .simulate import simulate_kspace
 from .twix import read_twix
-from .writers import SUPPORTED_WRITE_EXTENSIONS, WRITERS, read_settings, write
+from .writers import SUPPORTED_WRITE_EXTENSIONS, WRITERS, check_target, read_settings, write
 
 __all__ = [
     "READERS",
@@ -48,6 +48,7 @@ __all__ = [
     "ReadError",
     "Reader",
     "WriteError",
+    "check_target",
     "is_hdf5_path",
     "read",
     "read_dicom",

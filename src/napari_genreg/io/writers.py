@@ -46,6 +46,28 @@ H5_DATASET = "reconstruction"
 _Fill = Callable[[Path], None]
 
 
+def check_target(path: str | os.PathLike[str]) -> str:
+    """Whether :func:`write` can write ``path``, as far as can be told before there is
+    anything to write (the command line asks before it computes); its extension.
+
+    Raises
+    ------
+    WriteError
+        On an unsupported extension, a missing folder, or a folder where the file would be.
+    """
+    path = Path(path)
+    ext = match_extension(path, WRITERS)
+    if ext is None:
+        raise WriteError(
+            path, f"unsupported file type; supported: {', '.join(SUPPORTED_WRITE_EXTENSIONS)}"
+        )
+    if not path.parent.is_dir():
+        raise WriteError(path, f"the folder {path.parent} does not exist")
+    if path.is_dir():
+        raise WriteError(path, "is a folder")
+    return ext
+
+
 def write(
     path: str | os.PathLike[str], magnitudes: np.ndarray, *, settings: Mapping[str, Any]
 ) -> Path:
@@ -75,15 +97,9 @@ def write(
         missing folder, or any I/O error. The target is then left as it was.
     """
     path = Path(path)
-    ext = match_extension(path, WRITERS)
-    if ext is None:
-        raise WriteError(
-            path, f"unsupported file type; supported: {', '.join(SUPPORTED_WRITE_EXTENSIONS)}"
-        )
+    ext = check_target(path)
     array = _check_magnitudes(magnitudes, path)
     text = settings_json(settings, path)
-    if not path.parent.is_dir():
-        raise WriteError(path, f"the folder {path.parent} does not exist")
     try:
         WRITERS[ext](path, array, text)
     except WriteError:

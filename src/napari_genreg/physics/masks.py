@@ -117,6 +117,15 @@ def _target_count(shape: tuple[int, int], acceleration: float) -> int:
     return max(1, round(shape[0] * shape[1] / acceleration))
 
 
+def _check_acceleration(acceleration: object) -> None:
+    if isinstance(acceleration, bool) or not (
+        isinstance(acceleration, numbers.Real) and acceleration >= 1
+    ):
+        raise ValueError(f"acceleration must be a number >= 1, got {acceleration!r}")
+    if not math.isfinite(acceleration):
+        raise ValueError(f"acceleration must be finite, got {acceleration!r}")
+
+
 def _check_budget(kept: int, budget: float, what: str) -> None:
     if kept > budget + 1e-9:
         raise ValueError(
@@ -222,12 +231,7 @@ class MaskFunction(abc.ABC):
     sampling_dims: ClassVar[int]
 
     def __post_init__(self) -> None:
-        if isinstance(self.acceleration, bool) or not (
-            isinstance(self.acceleration, numbers.Real) and self.acceleration >= 1
-        ):
-            raise ValueError(f"acceleration must be a number >= 1, got {self.acceleration!r}")
-        if not math.isfinite(self.acceleration):
-            raise ValueError(f"acceleration must be finite, got {self.acceleration!r}")
+        _check_acceleration(self.acceleration)
         if not (isinstance(self.center_fraction, numbers.Real) and 0 <= self.center_fraction < 1):
             raise ValueError(f"center_fraction must be in [0, 1), got {self.center_fraction!r}")
 
@@ -290,6 +294,11 @@ class _LineMask(MaskFunction):
         num_low = centre.stop - centre.start
         _check_budget(num_low, nx / self.acceleration, "kx lines")
         lines = self._draw_lines(nx, num_low, centre, rng)
+        if num_low == 0 and not lines.any():  # no centre, and n / R below a line or a draw of none
+            raise ValueError(
+                f"the {self.name} mask at {self.acceleration:g}x samples none of the {nx} kx "
+                f"lines: lower the acceleration (one line of {nx} is {nx}x)"
+            )
         return np.broadcast_to(lines, shape).copy()
 
     @abc.abstractmethod
@@ -306,8 +315,8 @@ class RandomMask(_LineMask):
     ``num_low = round(n * center_fraction)`` centre lines are always kept; every line is kept
     independently with probability ``p = (n / R - num_low) / (n - num_low)``, so the expected
     number of lines, centre included, is ``n / R``. The acceleration is met in expectation.
-    Without a centre (``center_fraction = 0``) a draw on a small grid may sample nothing;
-    :func:`validate_mask` refuses such a mask.
+    Without a centre (``center_fraction = 0``, or a default centre of less than a line at a high
+    acceleration) a draw may sample nothing: that is a ``ValueError`` naming the acceleration.
     """
 
     name: ClassVar[str] = "random"
@@ -822,9 +831,10 @@ def default_center_fraction(name: str, acceleration: float) -> float:
     Raises
     ------
     ValueError
-        For an unknown ``name``.
+        For an unknown ``name`` or an acceleration that is no finite number ``>= 1``.
     """
     cls = _lookup(name)
+    _check_acceleration(acceleration)
     if cls.sampling_dims == 1:
         return min(DEFAULT_CENTER_FRACTION, 0.5 / acceleration)
     return min(DEFAULT_CENTER_FRACTION, math.sqrt(0.5 / acceleration))
