@@ -133,7 +133,6 @@ def _reconstruct(app, args) -> int:
     if len(widget.results) != len(METHODS):
         print(f"screenshots: the run did not finish: {widget.status.text()}", file=sys.stderr)
         return 1
-    viewer.reset_view()
     for _ in range(20):
         app.processEvents()
         time.sleep(0.02)
