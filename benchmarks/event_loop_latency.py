@@ -255,7 +255,8 @@ def _gl_renderer(viewer) -> str:
 
 def _shader_cache_files() -> int:
     """Files in Mesa's on-disk shader cache (``MESA_SHADER_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/mesa_shader_cache``, else ``~/.cache/...``). With none, the first draws
+    ``$XDG_CACHE_HOME/mesa_shader_cache``, else ``~/.cache/...``; Mesa's single-file cache
+    and a disabled cache count as none). With none, the first draws
     of this process compile their shaders with LLVM: 400-550 ms per draw here, once per
     machine (and cache folder), not once per session."""
     folder = os.environ.get("MESA_SHADER_CACHE_DIR")
@@ -583,8 +584,9 @@ def main() -> None:
         (_machine.RESULTS / f"{NAME}.md").write_text(markdown(recorded))
         return
     name = NAME
-    if args.cold_shader_cache:  # read by Mesa when the first OpenGL context is made
-        os.environ["MESA_SHADER_CACHE_DIR"] = tempfile.mkdtemp(prefix="mesa-shaders-")
+    cold = tempfile.TemporaryDirectory(prefix="mesa-shaders-") if args.cold_shader_cache else None
+    if cold is not None:  # read by Mesa when the first OpenGL context is made
+        os.environ["MESA_SHADER_CACHE_DIR"] = cold.name
         name = f"{NAME}_cold_shaders"
     _machine.pin_threads(args.threads or len(os.sched_getaffinity(0)))
     machine = _machine.machine_info()
@@ -594,6 +596,8 @@ def main() -> None:
     result["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     result["wall_time_s"] = round(time.perf_counter() - start, 1)
     _machine.publish(name, result, markdown(result), record=not args.quick)
+    if cold is not None:
+        cold.cleanup()
 
 
 if __name__ == "__main__":

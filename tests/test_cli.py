@@ -115,7 +115,7 @@ def test_complex_kspace_input_is_reconstructed(tmp_path):
                 "--acceleration",
                 "1000",
             ],
-            "the random mask at 1000x samples none of the 128 kx lines: lower the acceleration",
+            "the random mask at 1000x samples none of the 128 kx lines (its centre is under",
         ),
         (["reconstruct", "sample:brain", "--out", "x.npy", "--mask", "none.npy"], "none.npy"),
     ],
@@ -137,7 +137,11 @@ def test_output_that_cannot_be_written_fails_before_the_work(tmp_path, monkeypat
     for argv, message in [
         (["reconstruct", "sample:brain", "--out", "nodir/x.npy"], "the folder nodir does not"),
         (["compare", "sample:brain", "--regularizers", "tv", "--out-dir", "taken.npy"],
-         "--out-dir taken.npy: a file, not a folder"),
+         "--out-dir taken.npy: taken.npy is a file, not a folder"),
+        (["compare", "sample:brain", "--regularizers", "tv", "--out-dir", "taken.npy/d"],
+         "--out-dir taken.npy/d: taken.npy is a file, not a folder"),
+        (["covariance", "sample:brain", "--pixel", "60", "60", "--out", "taken.npy"],
+         "--out taken.npy: taken.npy is a file, not a folder"),
     ]:  # fmt: skip
         assert main([*argv, "--quiet"]) == 2
         err = capsys.readouterr().err

@@ -502,6 +502,16 @@ def _latent_path(out: Path) -> Path:
     return out.with_name(f"{name}.latent.npy")
 
 
+def _check_out_dir(path: Path, flag: str) -> None:
+    """That ``path`` is a folder or can be made one: no file where it, or a folder above it,
+    would be."""
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ValueError(f"{flag} {path}: {part} is a file, not a folder")
+            return
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from napari_genreg import io
     from napari_genreg.recon import get_method
@@ -513,8 +523,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise ValueError(f"--regularizers names a method twice: {args.regularizers}")
     out_dir = Path(args.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():  # before the work, not after it
-        raise ValueError(f"--out-dir {out_dir}: a file, not a folder")
+    _check_out_dir(out_dir, "--out-dir")  # before the work, not after it
     inputs = _inputs(args)
     print(f"napari-genreg: mask: {inputs.mask_label}", file=sys.stderr)
     results, problems = _run(args, inputs, names)
@@ -646,6 +655,7 @@ def cmd_covariance(args: argparse.Namespace) -> int:
 
     if args.window is not None and args.window < 1:
         raise ValueError(f"--window must be positive, got {args.window}")
+    _check_out_dir(Path(args.out), "--out")
     source = Path(args.input)
     if source.is_dir():
         item = _inspected_from_folder(args, source)

@@ -171,6 +171,25 @@ def test_only_vae_reconstructions_are_offered_and_the_selection_is_left_alone(in
     assert widget.source_combo.currentText() == VAE
 
 
+def test_the_layers_an_inspection_adds_do_not_change_the_chosen_reconstruction(inspected, qtbot):
+    """Another vae-* result selected in napari's layer list: the inspector's own layers, added
+    while the chosen one is inspected, give the selection back without choosing it."""
+    from napari.layers import Image
+
+    viewer, widget = inspected
+    vae = viewer.layers[VAE]
+    other = viewer.add_layer(Image(vae.data, name="other", metadata=dict(vae.metadata)))
+    assert widget.source_combo.currentText() == "other"  # the newest, and selected
+    qtbot.waitUntil(lambda: widget.warm_worker is None and not widget._steps, timeout=TIMEOUT_MS)
+    widget.set_source(VAE)
+    widget.correlation_check.setChecked(True)  # a layer to add on the click
+    with qtbot.waitSignal(widget.inspection_done, timeout=TIMEOUT_MS):
+        widget.inspect_pixel((64, 64))
+    assert "correlation" in widget.layers
+    assert widget.source_combo.currentText() == VAE
+    assert viewer.layers.selection.active is other
+
+
 def test_choosing_a_reconstruction_prepares_its_latent_for_the_first_click(inspected, qtbot):
     """The chosen vae-* result's decoder output and variance map are computed in a worker as
     soon as it is chosen (once per latent), so a first click reuses them."""

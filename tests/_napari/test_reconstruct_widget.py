@@ -346,19 +346,27 @@ def test_each_image_is_whole_in_its_cell_and_in_the_canvas_after(sample, qtbot):
     canvas: the zoom of the canvas showed the middle of each image) and when the grid is left
     (the zoom of a cell showed a small image)."""
     viewer, widget = sample
+    # a hidden layer larger than the images (a k-space with readout oversampling) is not fitted
+    viewer.add_image(np.zeros((512, 256), np.float32), name="wide", visible=False)
     widget.set_methods(["zero-filled", "tv"])
     widget.iterations_spin.setValue(2)
     run_and_wait(qtbot, widget)
     assert grid(viewer).enabled
-    shown = camera(viewer).zoom
-    viewer.reset_view()
-    assert camera(viewer).zoom == pytest.approx(shown)
 
+    def fitted() -> bool:
+        zoom, centre = camera(viewer).zoom, tuple(camera(viewer).center)
+        viewer.reset_view(layers=[la for la in viewer.layers if la.visible])
+        return zoom == pytest.approx(camera(viewer).zoom) and centre == pytest.approx(
+            tuple(camera(viewer).center)
+        )
+
+    assert fitted()
     widget.grid_check.setChecked(False)
     assert not grid(viewer).enabled
-    shown = camera(viewer).zoom
-    viewer.reset_view()
-    assert camera(viewer).zoom == pytest.approx(shown)
+    assert fitted()
+    camera(viewer).zoom *= 3  # the user's zoom, out of the grid, is left alone
+    widget.grid_check.setChecked(False)
+    assert not fitted()
 
 
 def test_the_names_go_with_the_grid_whoever_leaves_it(sample, qtbot):
@@ -375,6 +383,14 @@ def test_the_names_go_with_the_grid_whoever_leaves_it(sample, qtbot):
     grid(viewer).enabled = True
     qtbot.waitUntil(lambda: not widget._steps, timeout=TIMEOUT_MS)
     assert named(viewer) == {"brain", "zero-filled · poisson 4x"}
+
+
+def test_napari_grid_button_writes_no_names_of_its_own(sample, qtbot):
+    """Before any run, grid mode switched on by napari (its button) is napari's: no names."""
+    viewer, widget = sample
+    grid(viewer).enabled = True
+    qtbot.wait(100)
+    assert not widget._steps and named(viewer) == set()
 
 
 def test_leaving_the_grid_during_the_layout_leaves_no_name_behind(sample, qtbot):

@@ -243,8 +243,18 @@ def test_the_answer_comes_back_whole_and_writeable(tmp_path: Path) -> None:
         np.testing.assert_array_equal(back[key], result[1][key])
         assert back[key].dtype == result[1][key].dtype
         assert back[key].flags.writeable
-    back["kspace"][0, 0, 0, 0] = 0  # its own memory
-    assert kspace[0, 0, 0, 0] != 0
+    # no copy in the caller: the contiguous arrays are views of the buffers read from the file
+    for key in ("kspace", "fortran", "mask"):
+        assert isinstance(_owner(back[key]), bytearray)
+    assert not np.shares_memory(back["kspace"], back["mask"])
+
+
+def _owner(array: np.ndarray) -> object:
+    """What finally holds ``array``'s memory."""
+    base = array
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    return base.obj if isinstance(base, memoryview) else base
 
 
 def test_an_answer_cut_short_is_refused(tmp_path: Path) -> None:
@@ -260,4 +270,14 @@ def test_a_child_that_exits_without_an_answer_is_reported(tmp_path: Path, monkey
     path = tmp_path / "scan.h5"
     path.write_bytes(b"not read")
     with pytest.raises(ReadError, match="the process reading it gave no readable answer"):
+        read_isolated(path, timeout=60)
+
+
+def test_no_room_to_hand_the_record_back_is_said(tmp_path: Path, monkeypatch) -> None:
+    """The child cannot write its answer (here the answer's name is the folder itself, as a
+    full temporary folder would refuse it): the error says so and what to do."""
+    monkeypatch.setattr(isolated_module, "ANSWER", ".")
+    path = tmp_path / "noise.h5"
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    with pytest.raises(ReadError, match=r"could not be handed back through .*point TMPDIR"):
         read_isolated(path, timeout=60)

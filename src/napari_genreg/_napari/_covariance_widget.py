@@ -36,6 +36,7 @@ from napari_genreg._napari._session import KIND_COVARIANCE, KIND_PREVIEW, layer_
 from napari_genreg._napari._viewer import (
     StepQueue,
     add_keeping_selection,
+    fit_view,
     grid,
     scrolling_layout,
 )
@@ -116,6 +117,7 @@ class CovarianceWidget(QWidget):
         self.last_latency: float | None = None
         self._pending: tuple[Any, ...] | None = None
         self._focused: str | None = None
+        self._adding = False  # while an inspection layer is added (the selection moves)
         #: The reconstructions listed (a generative one not among them is chosen when it comes).
         self._known: set[str] = set()
         # adding a layer takes tens of milliseconds: one napari call per event-loop turn
@@ -220,6 +222,8 @@ class CovarianceWidget(QWidget):
         self._on_source_changed()
 
     def _on_active_changed(self, event: Any = None) -> None:
+        if self._adding:  # the selection given back after a helper layer was added
+            return
         layer = self.viewer.layers.selection.active
         if layer is not None and inspector.is_inspectable(layer):
             self.source_combo.setCurrentText(layer.name)
@@ -423,17 +427,22 @@ class CovarianceWidget(QWidget):
         array, kwargs, kind = data
         if self._has(role, kind) or source not in self.viewer.layers:
             return
-        self.layers[role] = add_keeping_selection(
-            self.viewer, Layer.create(array, {**kwargs, "visible": False}, kind)
-        )
-        self._steps.add_next(lambda: self._place(role))
+        self._adding = True
+        try:
+            self.layers[role] = add_keeping_selection(
+                self.viewer, Layer.create(array, {**kwargs, "visible": False}, kind)
+            )
+        finally:
+            self._adding = False
+        self._steps.add_next(lambda: self._place(role, source))
 
-    def _place(self, role: str) -> None:
+    def _place(self, role: str, source: str) -> None:
         """Move the layer of ``role`` below the inspection's layers that go above it
-        (:data:`._inspector.ROLES`): an option ticked later adds its layer on top."""
+        (:data:`._inspector.ROLES`), and never below the ``source`` reconstruction: an
+        option ticked later adds its layer on top."""
         layer = self.layers.get(role)
         layers = self.viewer.layers
-        if layer is None or layer not in layers:
+        if layer is None or layer not in layers or source not in layers:
             return
         above = [
             layers.index(other)
@@ -441,8 +450,9 @@ class CovarianceWidget(QWidget):
             if (other := self.layers.get(later)) is not None and other in layers
         ]
         index = layers.index(layer)
-        if above and min(above) < index:
-            layers.move(index, min(above))
+        target = max(min(above, default=index), layers.index(layers[source]) + 1)
+        if target < index:
+            layers.move(index, target)
 
     def _has(self, role: str, kind: str) -> bool:
         """Whether the layer of ``role`` exists, of the type ``kind``."""
@@ -534,10 +544,10 @@ class CovarianceWidget(QWidget):
         self._focused = source
         layers = self.viewer.layers
         settings = grid(self.viewer)
+        base = layers[source]
         if settings.enabled:
             settings.enabled = False
-            self.viewer.reset_view()  # a cell's zoom on the whole canvas: the image small
-        base = layers[source]
+            fit_view(self.viewer, [base])  # a cell's zoom on the whole canvas: the image small
         base.visible = True
         start = layers.index(base)
         for layer in list(layers)[start + 1 :]:

@@ -73,6 +73,22 @@ def x_ticks(last: int) -> list[int]:
     return ticks
 
 
+def apart(centres: Sequence[float], halves: Sequence[float]) -> list[int]:
+    """Indices of the labels to draw, centred at increasing ``centres`` with half-widths
+    ``halves``: the last, and each one before it that ends before the next drawn one begins.
+
+    Examples
+    --------
+    >>> apart([0.0, 50.0, 90.0, 100.0], [10.0, 10.0, 10.0, 10.0])
+    [0, 1, 3]
+    """
+    kept = [len(centres) - 1] if centres else []
+    for i in range(len(centres) - 2, -1, -1):
+        if centres[i] + halves[i] <= centres[kept[-1]] - halves[kept[-1]]:
+            kept.append(i)
+    return kept[::-1]
+
+
 def envelope(y: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
     """The points of a curve worth drawing at ``bins`` pixel columns: ``(iterations, values)``.
 
@@ -216,13 +232,16 @@ class ConvergencePlot(QWidget):
                 painter.drawText(
                     rect, int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter), text
                 )
-        # the x ticks
+        # the x ticks; a label that would touch the one before it is left out (the last
+        # iteration, close after a power of ten on a log axis), the last label kept
         painter.setPen(axis_pen)
-        for tick in x_ticks(last):
-            x = px(tick)
+        ticks = x_ticks(last)
+        half = [metrics.horizontalAdvance(str(t)) / 2 + 3 for t in ticks]
+        for i in apart([px(t) for t in ticks], half):
+            x = px(ticks[i])
             painter.drawLine(QPointF(x, area.bottom()), QPointF(x, area.bottom() + 3))
             rect = QRectF(x - 20, area.bottom() + 3, 40, metrics.height())
-            painter.drawText(rect, int(Qt.AlignmentFlag.AlignHCenter), str(tick))
+            painter.drawText(rect, int(Qt.AlignmentFlag.AlignHCenter), str(ticks[i]))
         painter.drawRect(area)
         # the titles
         title = QRectF(area.left(), self.height() - metrics.height() - 1, area.width(), 14)

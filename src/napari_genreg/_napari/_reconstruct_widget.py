@@ -53,6 +53,7 @@ from napari_genreg._napari._plot import ConvergencePlot
 from napari_genreg._napari._viewer import (
     HeapHold,
     StepQueue,
+    fit_view,
     glyph_steps,
     grid,
     scrolling_layout,
@@ -158,6 +159,7 @@ class ReconstructWidget(QWidget):
         self._named_for_grid: list[Any] = []
         self._unnamed_for_layout: list[Any] = []  # names of the grid hidden while it grows
         self._switching_grid = False  # grid mode switched by this widget, not by another
+        self._renamed_by_grid: list[Any] = []  # names taken away when another left the grid
         self._live = session.LiveRun()
         self._pbar: Any = None
         self._display_range: tuple[float, float] = (0.0, 1.0)
@@ -194,7 +196,9 @@ class ReconstructWidget(QWidget):
         layers.events.removed.connect(self._on_layers_changed)
         for layer in layers:
             layer.events.name.connect(self._on_layers_changed)
-        grid(self.viewer).events.enabled.connect(self._on_grid_switched)
+        emitter = grid(self.viewer).events.enabled
+        emitter.connect(self._on_grid_switched)
+        self.destroyed.connect(lambda *_: emitter.disconnect(self._on_grid_switched))
         self._on_input_changed()
         self.refresh_mask()
         self._start_loading_choices()
@@ -1004,7 +1008,7 @@ class ReconstructWidget(QWidget):
 
         def fit() -> None:  # each cell is smaller than the canvas was: zoomed in, cut off
             if self.grid_check.isChecked():
-                self.viewer.reset_view()
+                fit_view(self.viewer, [])
 
         # the grid first, then one name per turn: in a grid switched on with the names shown,
         # the first draw builds each name's text program as well as the images'
@@ -1030,41 +1034,49 @@ class ReconstructWidget(QWidget):
         ]
 
     def _hide_grid(self) -> None:
-        """Leave grid mode; show what it hid and hide the names it wrote."""
+        """Leave grid mode (fitting the view to what it showed, a cell's zoom on the whole
+        canvas); show what it hid and hide the names it wrote."""
+        was_on = grid(self.viewer).enabled
+        shown = [la for la in self.viewer.layers if la.visible]
         self._switch_grid(False)
+        if was_on:
+            fit_view(self.viewer, shown)
         for layer in self._hidden_for_grid:
             if layer in self.viewer.layers:
                 layer.visible = True
         self._unname()
+        self._renamed_by_grid = []
         self._hidden_for_grid = []
         self._unnamed_for_layout = []
-        self.viewer.reset_view()
 
     def _switch_grid(self, enabled: bool) -> None:
+        self._renamed_by_grid = []  # this widget's grid steps write the names
         self._switching_grid = True
         try:
             grid(self.viewer).enabled = enabled
         finally:
             self._switching_grid = False
 
-    def _unname(self) -> None:
-        """Hide the names this widget wrote in the grid's cells."""
-        for layer in self._named_for_grid:
-            if layer in self.viewer.layers:
-                layer.name_overlay.visible = False
-        self._named_for_grid = []
+    def _unname(self) -> list[Any]:
+        """Hide the names this widget wrote in the grid's cells; the layers that had one."""
+        named, self._named_for_grid = self._named_for_grid, []
+        named = [layer for layer in named if layer in self.viewer.layers]
+        for layer in named:
+            layer.name_overlay.visible = False
+        return named
 
     def _on_grid_switched(self, event: Any = None) -> None:
         """Grid mode switched by napari's grid button or by another widget (the Covariance
         Inspector leaves it to draw over one image): the names this widget wrote go with the
-        grid (out of it, napari stacks them all in the canvas's corner) and come back with
-        it, when the box is ticked."""
+        grid (out of it, napari stacks them all in the canvas's corner), and those come back
+        with it, when the box is still ticked."""
         if self._switching_grid:
             return
         if not grid(self.viewer).enabled:
-            self._unname()
-        elif self.grid_check.isChecked():
-            self._steps.add(*self._name_steps(list(self.viewer.layers)))
+            self._renamed_by_grid = self._unname()
+        elif self.grid_check.isChecked() and self._renamed_by_grid:
+            named, self._renamed_by_grid = self._renamed_by_grid, []
+            self._steps.add(*self._name_steps(named))
 
     def _on_grid_toggled(self, checked: bool) -> None:
         if not checked:

@@ -2,6 +2,7 @@
 
 - :func:`grid`: the viewer's grid settings, across napari versions;
 - :func:`add_keeping_selection`: a layer added without taking the user's selection;
+- :func:`fit_view`: the camera fitted to some layers (not the hidden ones);
 - :class:`StepQueue`: one-off napari calls (adding a layer, removing one, switching the grid)
   run one per event-loop turn, so that none of them follows another without the event loop
   being able to repaint and react in between;
@@ -109,11 +110,20 @@ def add_keeping_selection(viewer: Any, layer: Any) -> Any:
     selection = viewer.layers.selection
     before = list(selection)
     added = viewer.add_layer(layer)
-    kept = [la for la in before if la in viewer.layers]
-    if kept:
-        selection.clear()
-        selection.update(kept)
+    selection.clear()
+    selection.update([la for la in before if la in viewer.layers])
     return added
+
+
+def fit_view(viewer: Any, layers: list[Any]) -> None:
+    """Fit the camera to ``layers`` (all shown layers when empty): ``reset_view`` fits every
+    layer, hidden ones too (a k-space twice as wide as its image, a mask), so the image
+    would not be centred. napari before 0.7 fits them all."""
+    shown = layers or [la for la in viewer.layers if la.visible] or None
+    try:
+        viewer.reset_view(layers=shown)
+    except TypeError:  # no ``layers`` argument
+        viewer.reset_view()
 
 
 def grid(viewer: Any) -> Any:

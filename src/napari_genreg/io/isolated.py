@@ -46,6 +46,8 @@ SECONDS_PER_GIB = 60.0
 #: Seconds to wait for a killed child to go (one stuck in the kernel, on a hung network
 #: share, goes only when its I/O returns); after that it is left to end on its own.
 KILL_WAIT_SECONDS = 5.0
+#: The file, in a private temporary folder, through which the child hands the record back.
+ANSWER = "answer"
 #: Characters of the child's stderr kept for a message.
 STDERR_TAIL = 2000
 
@@ -96,14 +98,14 @@ def read_isolated(
     with tempfile.TemporaryDirectory(
         prefix="napari-genreg-read-", ignore_cleanup_errors=True
     ) as folder:
-        answer = Path(folder) / "answer"
+        answer = Path(folder) / ANSWER
         request = pickle.dumps((os.fspath(path), noise_sigma, seed, os.fspath(answer)))
         said, code = _run_child(path, request, timeout, Path(folder) / "output")
         try:
             # pickled by our child from the record it built: none of the file's bytes is
             # unpickled
             status, payload = _load_answer(answer) if code == 0 else (None, None)
-        except (OSError, EOFError, ValueError, pickle.UnpicklingError):
+        except (OSError, EOFError, ValueError, MemoryError, OverflowError, pickle.UnpicklingError):
             status = None
     if status is None:
         last = f": {said[-1]}" if said else ""
@@ -215,7 +217,16 @@ def _child_main() -> None:
         result = ("error", exc)
     except Exception as exc:  # read() turns readers' failures into ReadError; anything else
         result = ("error", ReadError(path, f"{type(exc).__name__}: {exc}"))
-    _save_answer(result, answer)
+    try:
+        _save_answer(result, answer)
+    except OSError as exc:  # a temporary folder that is full (a /tmp in memory, capped)
+        print(
+            f"the record could not be handed back through {os.path.dirname(answer)} "
+            f"({exc.strerror or exc}); point TMPDIR at a folder with room",
+            file=sys.stderr,
+        )
+        sys.stderr.flush()
+        os._exit(1)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # the answer is out: nothing at interpreter exit may turn it into a crash

@@ -297,7 +297,8 @@ class _LineMask(MaskFunction):
         if num_low == 0 and not lines.any():  # no centre, and n / R below a line or a draw of none
             raise ValueError(
                 f"the {self.name} mask at {self.acceleration:g}x samples none of the {nx} kx "
-                f"lines: lower the acceleration (one line of {nx} is {nx}x)"
+                "lines (its centre is under one line at this acceleration): lower the "
+                "acceleration, set a centre fraction or change the seed"
             )
         return np.broadcast_to(lines, shape).copy()
 
