@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtCore import QEvent, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -744,6 +744,13 @@ class ReconstructWidget(QWidget):
             self._pbar = progress(total=total, desc=self._shown_description)
         finally:
             self._syncing = False
+
+    def event(self, event: QEvent) -> bool:
+        """A dock closed with its X is taken out of the window, not destroyed (napari's
+        ``remove_dock_widget``): a run going on is cancelled then, as by Cancel."""
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self.cancel()
+        return super().event(event)
 
     def cancel(self) -> None:
         """Ask the running worker to stop after the iteration in progress."""

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
@@ -115,15 +116,43 @@ def add_keeping_selection(viewer: Any, layer: Any) -> Any:
     return added
 
 
-def fit_view(viewer: Any, layers: list[Any]) -> None:
-    """Fit the camera to ``layers`` (all shown layers when empty): ``reset_view`` fits every
-    layer, hidden ones too (a k-space twice as wide as its image, a mask), so the image
-    would not be centred. napari before 0.7 fits them all."""
-    shown = layers or [la for la in viewer.layers if la.visible] or None
+def fit_view(viewer: Any, layers: list[Any], margin: float = 0.05) -> None:
+    """Fit the camera to ``layers`` (all shown layers when empty), as ``reset_view`` does for
+    all layers, hidden ones too (a k-space twice as wide as its image, a mask), which would
+    leave the image off-centre and small.
+
+    napari 0.9's own ``reset_view(layers=...)`` fails on layers of fewer dimensions than the
+    viewer (2-D results beside a 4-D multi-coil k-space): there the camera is fitted here, in
+    2-D, to the layers' last two axes; before napari 0.7 (no ``layers``) to all layers.
+    """
+    shown = layers or [la for la in viewer.layers if la.visible]
+    if not shown:
+        viewer.reset_view()
+        return
     try:
         viewer.reset_view(layers=shown)
+        return
     except TypeError:  # no ``layers`` argument
         viewer.reset_view()
+        return
+    except IndexError:  # the layers have fewer dimensions than the viewer
+        viewer.reset_view()
+    canvas = getattr(viewer, "canvas", None)
+    ndim = viewer.dims.ndim
+    if (
+        viewer.dims.ndisplay != 2
+        or tuple(viewer.dims.displayed) != (ndim - 2, ndim - 1)
+        or not hasattr(canvas, "viewbox_size")
+    ):
+        return
+    low = np.min([la.extent.world[0][-2:] - la.extent.step[-2:] / 2 for la in shown], axis=0)
+    high = np.max([la.extent.world[1][-2:] + la.extent.step[-2:] / 2 for la in shown], axis=0)
+    size = high - low
+    size[size <= 0] = 1.0
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.center = tuple(float(c) for c in low + size / 2)
+    box = np.asarray(canvas.viewbox_size(viewer.layers), dtype=float)
+    camera.zoom = (1 - margin) * float(np.min(box / size))
 
 
 def grid(viewer: Any) -> Any:
