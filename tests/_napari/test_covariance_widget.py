@@ -359,3 +359,13 @@ def _brain_layer():
 
     data, kwargs, kind = next(t for t in brain() if t[1]["name"] == "brain k-space")
     return Layer.create(data, kwargs, kind)
+
+
+def test_the_status_forgets_an_inspection_whose_layer_is_gone(inspected, qtbot):
+    viewer, widget = inspected
+    with qtbot.waitSignal(widget.inspection_done, timeout=TIMEOUT_MS):
+        widget.inspect_pixel((64, 64))
+    assert "covariance with pixel (64, 64)" in widget.status.text()
+    viewer.layers.remove(VAE)
+    assert widget.status.text() == "click a pixel of the reconstruction"
+    assert widget.pixel is None and widget.source_combo.count() == 0

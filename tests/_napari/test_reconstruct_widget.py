@@ -162,7 +162,7 @@ def test_two_regularisers_end_to_end(sample, qtbot):
     assert tv["iterations"] == 25 and len(tv["objectives"]) == 25 and tv["lam"] > 0
     assert tv["settings"]["lam_automatic"] and tv["settings"]["regularizer"] == "tv"
     assert tv["metrics"]["psnr"] > viewer.layers[names[0]].metadata[METADATA_KEY]["metrics"]["psnr"]
-    assert widget.results_box.title() == "Results: poisson 4x"
+    assert widget.results_box.title() == "Results: brain k-space, poisson 4x"
     curves = widget.plot.curves()  # excess over the lowest objective; none for a closed form
     assert set(curves) == {"tv"} and len(curves["tv"]) == 25
     np.testing.assert_allclose(curves["tv"], session.relative_excess(tv["objectives"]))
@@ -249,6 +249,21 @@ def test_a_painted_labels_mask_is_used(sample, qtbot):
     rate = drawn.size / drawn.sum()
     layer = viewer.layers[f"zero-filled · my lines {rate:.1f}x"]
     np.testing.assert_array_equal(layer.metadata[METADATA_KEY]["mask"], drawn)
+
+
+def test_choosing_a_drawn_mask_after_a_run_shows_the_kspace_under_it(sample, qtbot):
+    """After a run the grid is on (the k-space hidden, the drawing in a cell of its own):
+    choosing the drawn layer leaves it and hides the results above the k-space."""
+    viewer, widget = sample
+    widget.set_methods(["zero-filled"])
+    run_and_wait(qtbot, widget)
+    viewer.add_labels(np.zeros((128, 128), np.uint8), name="to draw")
+    widget.set_mask_choice(layer="to draw")
+    assert grid(viewer).enabled  # chosen by the program (a test, a run): nothing moves
+    widget.mask_combo.activated.emit(widget.mask_combo.currentIndex())  # by the user
+    assert not grid(viewer).enabled
+    assert viewer.layers["brain k-space"].visible and viewer.layers["to draw"].visible
+    assert not viewer.layers["zero-filled · poisson 4x"].visible
 
 
 def test_drawn_shapes_are_a_mask(sample, qtbot):

@@ -118,6 +118,7 @@ class CovarianceWidget(QWidget):
         self._pending: tuple[Any, ...] | None = None
         self._focused: str | None = None
         self._adding = False  # while an inspection layer is added (the selection moves)
+        self._inspected: str | None = None  # the layer the last shown inspection was of
         #: The reconstructions listed (a generative one not among them is chosen when it comes).
         self._known: set[str] = set()
         # adding a layer takes tens of milliseconds: one napari call per event-loop turn
@@ -230,6 +231,10 @@ class CovarianceWidget(QWidget):
 
     def _on_source_changed(self, *_: Any) -> None:
         layer = self.source_layer()
+        if self.pixel is not None and (layer is None or layer.name != self._inspected):
+            # the status line spoke of an inspection of another layer (or of one deleted)
+            self.pixel = None
+            self.status.setText("click a pixel of the reconstruction")
         if layer is None:
             self.source_info.setText(
                 "no reconstruction by a vae-* method yet: run one in Reconstruct"
@@ -529,6 +534,7 @@ class CovarianceWidget(QWidget):
         signs: str,
     ) -> None:
         self.pixel = pixel
+        self._inspected = target.name
         self.last_latency = time.perf_counter() - clicked
         self.status.setText(
             f"{target.name}: covariance with pixel {pixel} "

@@ -372,6 +372,7 @@ class ReconstructWidget(QWidget):
         self.input_combo.currentIndexChanged.connect(self._on_input_changed)
         self.slice_spin.valueChanged.connect(self._schedule_mask_refresh)
         self.mask_combo.currentIndexChanged.connect(self._on_mask_choice_changed)
+        self.mask_combo.activated.connect(self._on_mask_chosen)  # by the user only
         for spin in (self.acceleration_spin, self.center_spin, self.mask_seed):
             spin.valueChanged.connect(self._schedule_mask_refresh)
         self.run_button.clicked.connect(self.run)
@@ -502,6 +503,23 @@ class ReconstructWidget(QWidget):
             spin.setEnabled(generated)
         self._watch_mask_source(None if acquired or choice[0] != "layer" else choice[1])
         self._schedule_mask_refresh()
+
+    def _on_mask_chosen(self, *_: Any) -> None:
+        """A drawn layer chosen as the mask by the user (not a run going on): leave the grid
+        and hide the results above the input, so that the drawing lies over the k-space it
+        masks (in the grid it had a cell of its own, and the results covered the k-space)."""
+        if self.mask_choice()[0] != "layer" or self.worker is not None:
+            return
+        if grid(self.viewer).enabled:
+            self._hide_grid()
+        layer = self.input_layer()
+        if layer is None:
+            return
+        layer.visible = True
+        layers = list(self.viewer.layers)
+        for other in layers[layers.index(layer) + 1 :]:
+            if other.visible and session.layer_kind(other) == session.KIND_RECONSTRUCTION:
+                other.visible = False
 
     def _watch_mask_source(self, name: str | None) -> None:
         """Redraw the live mask when the drawn layer ``name`` changes."""
@@ -702,7 +720,7 @@ class ReconstructWidget(QWidget):
         self._laid_out = laid_out = threading.Event()
         self._grid_by_run = False
         self.table.setRowCount(0)
-        self.results_box.setTitle(f"Results: {request.mask_label}")
+        self.results_box.setTitle(f"Results: {request.source}, {request.mask_label}")
         self.plot.clear()
         self._shown_description = self._live.description
         total = sum(planned.values())
