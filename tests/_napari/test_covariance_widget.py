@@ -337,6 +337,18 @@ def test_the_writer_round_trips_a_reconstruction_with_its_settings(
     assert settings["problem"]["scale"] == pytest.approx(meta["problem"]["scale"])
     assert "latent" not in settings and "mask" not in settings  # arrays stay out
 
+    # opened again (through the manifest): a reconstruction, with its settings, not an image
+    (opened,) = viewer.open(str(path), plugin="napari-genreg")
+    assert opened.name == f"{layer.name} [1]"  # napari's suffix: the original is still there
+    np.testing.assert_allclose(opened.data, layer.data, rtol=1e-6)
+    entry = opened.metadata[METADATA_KEY]
+    assert entry["kind"] == "reconstruction" and entry["regularizer"] == "vae-structured"
+    assert entry["lam"] == pytest.approx(meta["lam"]) and entry["latent"] is None
+    assert tuple(opened.scale) == tuple(layer.scale)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-genreg", "Covariance Inspector")
+    widget.set_source(opened.name)  # listed; the latent was not saved: it says so
+    assert "carries no latent" in widget.source_info.text()
+
 
 def test_the_writer_refuses_unknown_extensions(make_napari_viewer, tmp_path):
     from napari_genreg._napari._writer import write_image

@@ -67,6 +67,23 @@ def test_reader_opens_images_as_reference_layers(make_napari_viewer, tmp_path):
     assert layer.data.shape[0] == 3
 
 
+@pytest.mark.parametrize("ext", [".npy", ".h5"])
+def test_a_reconstruction_written_by_the_command_line_opens_as_one(
+    make_napari_viewer, tmp_path, ext
+):
+    from napari_genreg.cli import main
+
+    out = tmp_path / f"tv{ext}"
+    assert main(["reconstruct", "sample:brain", "--regularizer", "tv", "--iterations", "3",
+                 "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(out), plugin="napari-genreg")
+    entry = layer.metadata[METADATA_KEY]
+    assert layer.name == "tv" and entry["kind"] == "reconstruction"
+    assert entry["regularizer"] == "tv" and entry["iterations"] == [3]
+    assert layer.data.shape == (128, 128)
+
+
 def test_reader_declines_other_files():
     assert get_reader("picture.png") is None
     assert get_reader(["a.npy", "b.txt"]) is None

@@ -54,3 +54,21 @@ def layers_for(data: KSpaceData, stem: str) -> list[LayerData]:
     if data.reference is not None:
         layers.append(reference_layer(data, f"{stem} reference"))
     return layers
+
+
+def saved_result_layer(data: KSpaceData, settings: dict[str, Any], stem: str) -> LayerData:
+    """A reconstruction written by this plugin (``settings["kind"] == "reconstruction"``),
+    opened again: the magnitudes as a reconstruction layer named as it was saved, its settings
+    back in ``metadata["napari_genreg"]``. What was not saved stays missing (the latent: the
+    Covariance Inspector says to reconstruct it again; the mask array)."""
+    entry = {key: value for key, value in settings.items() if key not in ("layer", "layer_scale")}
+    entry.update(kind="reconstruction", latent=None, mask=None, source=data.meta.source)
+    kwargs: dict[str, Any] = {
+        "name": str(settings.get("layer") or stem),
+        "metadata": {METADATA_KEY: entry},
+        "colormap": "gray",
+    }
+    scale = settings.get("layer_scale")
+    if isinstance(scale, list) and len(scale) >= 2:
+        kwargs["scale"] = tuple(float(v) for v in scale[-2:])
+    return (_squeeze(data.reference), kwargs, "image")
