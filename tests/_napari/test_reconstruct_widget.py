@@ -608,11 +608,34 @@ def test_rows_follow_the_input(make_napari_viewer, qtbot):
     assert not widget.coil_maps_combo.isVisibleTo(widget)
     widget.input_combo.setCurrentText("stack")
     assert widget.noise_row.isVisibleTo(widget) and widget.slice_spin.isVisibleTo(widget)
+    viewer.layers["stack"].scale = (2.5, 1.0, 1.0)  # slices 2.5 apart
     widget.slice_spin.setValue(2)
     request = widget.build_request()
     np.testing.assert_allclose(request.data.reference[0], stack[2], rtol=1e-6)
+    # the viewer's slider follows: the stack shows the slice that is reconstructed
+    assert viewer.layers["stack"].world_to_data(viewer.dims.point)[0] == pytest.approx(2)
     viewer.layers.remove("stack")
     assert widget.input_combo.currentText() == "stack k-space"
+
+
+def test_a_multicoil_files_reference_keeps_to_the_slice_slider(
+    make_napari_viewer, qtbot, tmp_path, mri
+):
+    """(slices, coils, ky, kx) k-space beside a (slices, H, W) reference: napari lines up the
+    last axes, so the reference gets a coil axis of 1; it is still an image input."""
+    path = tmp_path / "scan.h5"
+    truth = mri.fastmri(path)
+    viewer = make_napari_viewer()
+    kspace, reference = viewer.open(str(path), plugin="napari-genreg")
+    assert kspace.data.shape == (mri.slices, mri.coils, *mri.encoded)
+    assert reference.data.shape == (mri.slices, 1, *mri.recon)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-genreg", "Reconstruct")
+    qtbot.waitUntil(widget.is_ready, timeout=TIMEOUT_MS)
+    widget.input_combo.setCurrentText(reference.name)
+    widget.slice_spin.setValue(1)
+    assert viewer.dims.current_step[0] == 1  # the slice axis, not the coils'
+    request = widget.build_request()
+    np.testing.assert_allclose(request.data.reference[0], truth["reference"][1], rtol=1e-6)
 
 
 def test_a_file_with_its_own_mask_keeps_it(make_napari_viewer, qtbot):

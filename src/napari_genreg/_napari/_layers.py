@@ -37,7 +37,8 @@ def kspace_layer(data: KSpaceData, name: str) -> LayerData:
 
 
 def reference_layer(data: KSpaceData, name: str) -> LayerData:
-    """The reference magnitude image (``(slices, H, W)``, or ``(H, W)`` for one slice)."""
+    """The reference magnitude image (``(slices, H, W)``, or ``(H, W)`` for one slice;
+    :func:`layers_for` gives it a coil axis of 1 beside multi-slice multi-coil k-space)."""
     if data.reference is None:
         raise ValueError(f"{data.meta.source}: there is no reference image")
     meta = {METADATA_KEY: {"kind": "reference", "record": data, "source": data.meta.source}}
@@ -52,7 +53,13 @@ def layers_for(data: KSpaceData, stem: str) -> list[LayerData]:
         return [reference_layer(data, stem)]
     layers = [kspace_layer(data, f"{stem} k-space")]
     if data.reference is not None:
-        layers.append(reference_layer(data, f"{stem} reference"))
+        reference, kwargs, kind = reference_layer(data, f"{stem} reference")
+        if layers[0][0].ndim == 4 and reference.ndim == 3:
+            # (slices, coils, ky, kx) beside (slices, H, W): napari lines up the last axes, so
+            # the slices would follow the coil slider; a coil axis of 1 keeps them on the
+            # slice slider
+            reference = reference[:, None]
+        layers.append((reference, kwargs, kind))
     return layers
 
 

@@ -371,6 +371,7 @@ class ReconstructWidget(QWidget):
 
         self.input_combo.currentIndexChanged.connect(self._on_input_changed)
         self.slice_spin.valueChanged.connect(self._schedule_mask_refresh)
+        self.slice_spin.valueChanged.connect(self._show_slice)
         self.mask_combo.currentIndexChanged.connect(self._on_mask_choice_changed)
         self.mask_combo.activated.connect(self._on_mask_chosen)  # by the user only
         for spin in (self.acceleration_spin, self.center_spin, self.mask_seed):
@@ -503,6 +504,19 @@ class ReconstructWidget(QWidget):
             spin.setEnabled(generated)
         self._watch_mask_source(None if acquired or choice[0] != "layer" else choice[1])
         self._schedule_mask_refresh()
+
+    def _show_slice(self, index: int) -> None:
+        """Move the viewer's slider of the input's slices to the slice chosen here (the
+        k-space and the reference beside it show what is reconstructed)."""
+        layer = self.input_layer()
+        axis = None if layer is None else session.slice_axis(layer)
+        if axis is None:
+            return
+        world = self.viewer.dims.ndim - layer.ndim + axis  # napari lines up the last axes
+        position = [0.0] * layer.ndim
+        position[axis] = index
+        if 0 <= world < self.viewer.dims.ndim:  # in world units (a slice thickness, scaled)
+            self.viewer.dims.set_point(world, float(layer.data_to_world(position)[axis]))
 
     def _on_mask_chosen(self, *_: Any) -> None:
         """A drawn layer chosen as the mask by the user (not a run going on): leave the grid

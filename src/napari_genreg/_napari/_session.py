@@ -90,9 +90,11 @@ def input_kind(layer: Any) -> str | None:
         return None
     if layer_kind(layer) == "kspace" and _record(layer) is not None:
         return "kspace"
-    if layer.rgb or layer.multiscale or layer.ndim not in (2, 3):
+    if layer.rgb or layer.multiscale:
         return None
-    return "image"
+    if layer.ndim in (2, 3) or (layer.ndim == 4 and np.shape(layer.data)[1] == 1):
+        return "image"  # 4-D: a reference beside multi-coil k-space, (slices, 1, H, W)
+    return None
 
 
 def is_mask_source(layer: Any) -> bool:
@@ -114,6 +116,12 @@ def slice_count(layer: Any) -> int:
     if input_kind(layer) == "kspace":
         return _record(layer).n_slices
     return 1 if layer.ndim == 2 else int(np.shape(layer.data)[0])
+
+
+def slice_axis(layer: Any) -> int | None:
+    """The axis of ``layer``'s data that runs over the slices an input offers (``None`` for
+    one slice)."""
+    return 0 if slice_count(layer) > 1 else None
 
 
 def coil_count(layer: Any) -> int:
@@ -177,8 +185,8 @@ def load_input(
     from napari_genreg.io import simulate_kspace
 
     image = np.asarray(layer.data)
-    if image.ndim == 3:
-        image = image[slice_index]
+    if image.ndim >= 3:
+        image = image[slice_index].reshape(image.shape[-2:])
     return simulate_kspace(
         image[None],
         noise_sigma=noise_sigma,
