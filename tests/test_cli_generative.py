@@ -115,6 +115,52 @@ def test_reconstruct_saves_the_latent_beside_the_output(model_dir, tmp_path):
     assert read_settings(out)["latent"] == "recon.latent.npy"
 
 
+def test_covariance_of_a_reconstruct_output_uses_its_latent_and_model(model_dir, tmp_path):
+    """The file `reconstruct` wrote, with its latent beside it: inspected at that latent with
+    the model that reached it (not reconstructed again, from the magnitudes, with the
+    default model); another --model is refused."""
+    out = tmp_path / "recon.nii.gz"
+    assert main(["reconstruct", "sample:brain", "--regularizer", "vae-structured", "--model",
+                 model_dir, "--iterations", "2", "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    cov = tmp_path / "cov"
+    assert main(["covariance", str(out), "--pixel", "60", "70", "--out", str(cov)]) == 0
+    info = json.loads((cov / "covariance.json").read_text())
+    assert info["model"] == model_dir and info["regularizer"] == "vae-structured"
+    model, _ = load_model(model_dir)
+    view = inspect_covariance(
+        model, np.load(tmp_path / "recon.latent.npy"), (60, 70),
+        generator=torch.Generator(), scale=read_settings(out)["scale"][0], samples=0,
+    )  # fmt: skip
+    np.testing.assert_allclose(np.load(cov / "column.npy"), view.column, rtol=1e-5)
+
+
+def test_covariance_refuses_another_model_for_a_saved_latent(compared, tmp_path, capsys):
+    code = main(["covariance", str(compared), "--pixel", "60", "70", "--model",
+                 "builtin:diagonal", "--out", str(tmp_path / "c")])  # fmt: skip
+    assert code == 2
+    assert "were reached with the model" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_model_whose_covariance_head_never_trained_is_refused(model_dir, tmp_path, capsys):
+    """A training run interrupted in stage 1 (the mean only) left a loadable model: vae-* with
+    a covariance head refuse it, naming the stage and how to go on."""
+    model, _ = load_model(model_dir)
+    stopped = tmp_path / "stopped"
+    save_model(model, model.config, stopped, metrics={"epochs_completed": 5, "stage": 1},
+               training={"epochs": 400})  # fmt: skip
+    code = main(["reconstruct", "sample:brain", "--regularizer", "vae-structured", "--model",
+                 str(stopped), "--iterations", "1", "--out", str(tmp_path / "r.npy"),
+                 "--quiet"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "covariance head of the model" in err and "stage 1 (epoch 5 of 400)" in err
+    assert "--resume" in err
+    assert main(["reconstruct", "sample:brain", "--regularizer", "vae-identity", "--model",
+                 str(stopped), "--iterations", "1", "--out", str(tmp_path / "r.npy"),
+                 "--quiet"]) == 0  # fmt: skip
+
+
 def test_clear_errors(compared, model_dir, tmp_path, capsys):
     args = ["--out", str(tmp_path / "x"), "--pixel", "1", "1"]
     assert main(["covariance", str(compared), "--regularizer", "zero-filled", *args]) == 2

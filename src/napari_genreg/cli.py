@@ -7,7 +7,8 @@ and writes the images, the mask, the reference, a metrics table and a side-by-si
 
 ``napari-genreg covariance RECON_DIR_OR_INPUT --pixel ROW COL --out DIR [...]`` writes the
 learned covariance around a pixel at the latent a generative reconstruction reached (a
-``compare`` folder holding ``<name>.latent.npy``, or an input reconstructed first).
+``compare`` folder holding ``<name>.latent.npy``, a ``reconstruct`` output with its latent
+beside it, or an input reconstructed first).
 
 ``INPUT`` is a file (see ``napari_genreg.io.SUPPORTED_EXTENSIONS``) or a shipped sample,
 ``sample:brain`` (128x128) or ``sample:brain-256``. The generative methods (``vae-*``, ``range``)
@@ -588,33 +589,57 @@ class _Inspected:
 
 
 def _inspected_from_folder(args: argparse.Namespace, folder: Path) -> _Inspected:
-    from napari_genreg.io import read_settings
-
     name = args.regularizer
     image_path = folder / f"{name}.npy"
     if not image_path.is_file():
         raise ValueError(f"{folder}: no {name}.npy; run `compare` with --regularizers ...,{name}")
-    settings = read_settings(image_path)
+    return _inspected_from_saved(args, image_path, _saved_settings(image_path))
+
+
+def _saved_settings(path: Path) -> dict | None:
+    """The settings ``reconstruct`` or ``compare`` stored with the ``.npy`` or NIfTI ``path``,
+    or ``None`` (any other file)."""
+    from napari_genreg.io import ReadError, is_hdf5_path, read_settings
+
+    if is_hdf5_path(path) or not path.is_file():
+        return None  # HDF5 is read in a child only: an .h5 result is inspected from its folder
+    try:
+        return read_settings(path)
+    except ReadError:
+        return None
+
+
+def _inspected_from_saved(args: argparse.Namespace, image_path: Path, settings) -> _Inspected:
+    """The latent a run stored beside its result, with the model it was reached with."""
+    from napari_genreg import io
+
+    name = settings.get("regularizer", args.regularizer)
     latent_file = settings.get("latent")
     if not latent_file or "model" not in settings or "scale" not in settings:
         raise ValueError(
             f"{image_path}: the run recorded no latent (is {name} a generative regulariser?)"
         )
-    latent_path = folder / Path(str(latent_file)).name
+    latent_path = image_path.parent / Path(str(latent_file)).name
     if not latent_path.is_file():
-        raise ValueError(f"{folder}: the latent file {latent_path.name} is missing")
+        raise ValueError(f"{image_path.parent}: the latent file {latent_path.name} is missing")
+    if args.model is not None and _model_id(args.model) != settings["model"]:
+        raise ValueError(
+            f"--model {args.model}: the latents in {latent_path.name} were reached with the "
+            f"model {settings['model']}, and a latent means nothing to another model; leave "
+            "--model out"
+        )
     latents = np.load(latent_path, allow_pickle=False)
-    images = np.load(image_path, allow_pickle=False)
+    images = io.read(image_path).reference
     slices = list(settings.get("slices", [0]))
-    if latents.ndim == 3:
-        latents, images = latents[None], images[None]
+    if latents.ndim == 3:  # one slice (the images are read as (N, H, W) always)
+        latents = latents[None]
     if args.slice is None:
         position = 0
     elif args.slice in slices:
         position = slices.index(args.slice)
     else:
         raise ValueError(f"--slice {args.slice} was not reconstructed here (slices {slices})")
-    model = args.model or settings["model"]
+    model = settings["model"]
     return _Inspected(
         images[position],
         latents[position],
@@ -657,8 +682,11 @@ def cmd_covariance(args: argparse.Namespace) -> int:
         raise ValueError(f"--window must be positive, got {args.window}")
     _check_out_dir(Path(args.out), "--out")
     source = Path(args.input)
+    saved = None if source.is_dir() else _saved_settings(source)
     if source.is_dir():
         item = _inspected_from_folder(args, source)
+    elif saved is not None and "regularizer" in saved:  # written by `reconstruct`
+        item = _inspected_from_saved(args, source, saved)
     else:
         item = _inspected_from_input(args)
     model, _ = load_prior_model(item.model, "cpu")

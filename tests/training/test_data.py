@@ -344,6 +344,7 @@ def test_error_nan_volume_names_the_source(tmp_path: Path, volumes: dict[str, Pa
         ({"min_foreground": 0.99}, "no training slices"),
         ({"validation": ("alpha", "beta")}, "no training slices"),
         ({"size": 8}, "size must be"),
+        ({"size": 30}, "size must be a multiple of 8"),
         ({"min_foreground": 1.0}, "min_foreground"),
         ({"validation": "beta"}, "sequence of names"),
     ],

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -361,6 +362,15 @@ def test_train_config_validation(prepared, tmp_path):
     for bad in (*bad_settings, {"off_diagonal_bound": 5.0}):
         with pytest.raises(ValueError):
             _config(prepared, tmp_path, **bad)
+    for lr in (0.0, -1.0, float("nan")):  # one message for every bad learning rate
+        with pytest.raises(ValueError, match="lr must be a positive number"):
+            _config(prepared, tmp_path, lr=lr)
+    # a prepared split cut short is named
+    broken = tmp_path / "broken"
+    shutil.copytree(prepared, broken)
+    (broken / "val.npy").write_bytes((broken / "val.npy").read_bytes()[:90])
+    with pytest.raises(ValueError, match=r"val\.npy: not a readable prepared split"):
+        next(train(_config(broken, tmp_path / "m")))
     with pytest.raises(ValueError, match="are 32 x 32"):
         next(train(_config(prepared, tmp_path / "big", size=64)))
 

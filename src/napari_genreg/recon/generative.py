@@ -497,13 +497,21 @@ class GenerativeSolve:
     def prior(self, problem: Problem) -> tuple[GenerativeRegularizer, NormalisedProblem]:
         """The regulariser and the normalised problem (loads the model once per device)."""
         spec = self.model_spec
-        model, _ = load_prior_model(spec, problem.device)
+        model, card = load_prior_model(spec, problem.device)
         covariance = model.config.covariance
         if self.head == "configured" and covariance != self.kind:
             raise ValueError(
                 f"vae-{self.kind} needs a model with a {self.kind} covariance; the model "
                 f"{spec} has a {covariance} one (its mean and identity covariance serve "
                 "vae-identity and range)"
+            )
+        if self.head == "configured" and card.metrics.get("stage") == 1:
+            done = card.metrics.get("epochs_completed", "?")
+            total = (card.training or {}).get("epochs", "?")
+            raise ValueError(
+                f"the {covariance} covariance head of the model {spec} was never trained: its "
+                f"training stopped in stage 1 (epoch {done} of {total}); continue it with "
+                "`napari-genreg train --resume` (its mean serves vae-identity and range)"
             )
         normalised = normalise(problem, model.config.factor)
         phase = normalised.phase.to(torch.complex64)

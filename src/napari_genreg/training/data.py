@@ -672,6 +672,8 @@ def prepare_dataset(
     """
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 16:
         raise ValueError(f"size must be an integer >= 16, got {size!r}")
+    if size % 8:
+        raise ValueError(f"size must be a multiple of 8 (the priors halve it 3 times), got {size}")
     if not (isinstance(min_foreground, (int, float)) and 0.0 <= min_foreground < 1.0):
         raise ValueError(f"min_foreground must lie in [0, 1), got {min_foreground!r}")
     size = int(size)
@@ -968,7 +970,10 @@ class SliceDataset(Dataset):
 
     def _open(self) -> np.ndarray:
         if self._array is None:
-            array = np.load(self._path, mmap_mode="r", allow_pickle=False)
+            try:
+                array = np.load(self._path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError, EOFError) as exc:  # missing, truncated, not .npy
+                raise ValueError(f"{self._path}: not a readable prepared split ({exc})") from exc
             if array.shape != self._shape or array.dtype != STORED_DTYPE:
                 raise ValueError(
                     f"{self._path}: {array.dtype} {array.shape} does not match the manifest "

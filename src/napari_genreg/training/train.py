@@ -229,12 +229,14 @@ class TrainConfig:
         if self.stage_epochs is not None:
             low = 0 if self.init_from is not None else 1
             _int_in(self.stage_epochs, "stage_epochs", low, self.epochs)
-        for name in ("lr", "kl_weight"):
+        for name, low in (("lr", "a positive"), ("kl_weight", "a non-negative")):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (value > 0 if name == "lr" else value >= 0)
+            ):
+                raise ValueError(f"{name} must be {low} number, got {value!r}")
         if self.covariance != "identity" and self.mean_epochs >= self.epochs:
             raise ValueError(
                 f"a {self.covariance} model needs at least one epoch for its covariance head: "
