@@ -161,6 +161,21 @@ def test_a_model_whose_covariance_head_never_trained_is_refused(model_dir, tmp_p
                  "--quiet"]) == 0  # fmt: skip
 
 
+def test_the_command_line_says_when_a_prior_was_trained_at_another_size(
+    model_dir, tmp_path, capsys
+):
+    """The test model was trained on 64 x 64 images; the sample is 128 x 128 (a note, not an
+    error: the prior is convolutional). A --model that no method uses is said too."""
+    assert main(["reconstruct", "sample:brain", "--regularizer", "vae-structured", "--model",
+                 model_dir, "--iterations", "1", "--out", str(tmp_path / "r.npy"),
+                 "--quiet"]) == 0  # fmt: skip
+    assert "was trained on 64x64 images, this input is 128x128" in capsys.readouterr().err
+    assert main(["reconstruct", "sample:brain", "--regularizer", "tv", "--model", model_dir,
+                 "--iterations", "1", "--out", str(tmp_path / "t.npy"),
+                 "--quiet"]) == 0  # fmt: skip
+    assert f"--model {model_dir} is not used by tv" in capsys.readouterr().err
+
+
 def test_clear_errors(compared, model_dir, tmp_path, capsys):
     args = ["--out", str(tmp_path / "x"), "--pixel", "1", "1"]
     assert main(["covariance", str(compared), "--regularizer", "zero-filled", *args]) == 2

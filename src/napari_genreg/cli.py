@@ -407,6 +407,8 @@ def _run_methods(args: argparse.Namespace, inputs: Inputs, names: Sequence[str])
             )
             if not problems:  # above the progress bar, not glued to it
                 bar.write(_describe(inputs.data, problem), file=sys.stderr)
+                for note in _model_notes(args, methods, problem):
+                    bar.write(note, file=sys.stderr)
             problems.append(problem)
             for method in methods:
                 bar.set_description(f"slice {index} {method.name}")
@@ -422,6 +424,32 @@ def _run_methods(args: argparse.Namespace, inputs: Inputs, names: Sequence[str])
                     _SliceResult(index, problem.noise_sigma, result, problem.scale)
                 )
     return out, problems
+
+
+def _model_notes(args: argparse.Namespace, methods, problem) -> list[str]:
+    """Lines on the models the methods use: a ``--model`` no method uses, and a prior trained
+    on images of another size than this input's (it knows anatomy at its own field of view)."""
+    from napari_genreg.models.checkpoint import FORMAT
+    from napari_genreg.recon.generative import load_prior_model
+
+    if getattr(args, "model", None) is not None and all(m.model_format is None for m in methods):
+        names = ", ".join(m.name for m in methods)
+        return [f"napari-genreg: --model {args.model} is not used by {names}"]
+    specs = {
+        m.solve.model_spec
+        for m in methods
+        if m.model_format == FORMAT and hasattr(m.solve, "model_spec")
+    }
+    notes = []
+    for spec in sorted(specs):
+        size = load_prior_model(spec, "cpu")[0].config.image_size
+        if tuple(problem.shape) != (size, size):
+            notes.append(
+                f"napari-genreg: the prior {spec} was trained on {size}x{size} images, this "
+                f"input is {problem.shape[0]}x{problem.shape[1]}: it knows anatomy at its own "
+                "field of view and pixel size"
+            )
+    return notes
 
 
 def _describe(data, problem) -> str:
@@ -773,6 +801,8 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
         found, missing = search_builtin_sources(args.builtin_dir)
         for name, reason in missing.items():
             print(f"napari-genreg: builtin source {name} not found: {reason}", file=sys.stderr)
+        if missing and found:
+            print("napari-genreg: tools/fetch_builtin_data.py fetches them", file=sys.stderr)
         if not found:
             raise ValueError(
                 "no builtin source found: run tools/fetch_builtin_data.py (or give --source PATH)"
