@@ -784,7 +784,7 @@ def cmd_train_vn(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
-    from napari_genreg.training.data import prepare_dataset
+    from napari_genreg.training.data import MANIFEST_NAME, prepare_dataset
     from napari_genreg.training.sources import search_builtin_sources
 
     items = args.source or ["builtin"]
@@ -821,11 +821,15 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
         min_foreground=args.min_foreground,
         on_source=report,
     )
+    import hashlib
+
     counts = manifest.counts()
+    recorded = hashlib.sha256((Path(args.out) / MANIFEST_NAME).read_bytes()).hexdigest()
     print(
         f"napari-genreg: wrote {args.out}: {counts['train']} training and {counts['val']} "
-        f"validation slices of {manifest.size}x{manifest.size}; "
-        f"content sha256 {manifest.content_sha256}",
+        f"validation slices of {manifest.size}x{manifest.size}; content sha256 "
+        f"{manifest.content_sha256}; manifest sha256 {recorded} (what a model trained on "
+        "it records as data_manifest_sha256)",
         file=sys.stderr,
     )
     return 0

@@ -516,3 +516,16 @@ def test_find_builtin_sources_on_the_real_cache() -> None:
         assert (
             source.licence and source.modality and source.subject in ("single-subject", "template")
         )
+
+
+def test_prepare_data_prints_the_hash_a_model_records(tmp_path, volumes, capsys):
+    from napari_genreg.cli import main
+
+    out = tmp_path / "prepared"
+    argv = ["prepare-data", "--out", str(out), "--source", str(volumes["alpha"]),
+            "--source", str(volumes["beta"]), "--validation", "beta",
+            "--size", str(SIZE)]  # fmt: skip
+    assert main(argv) == 0
+    recorded = hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
+    said = capsys.readouterr().err
+    assert f"manifest sha256 {recorded}" in said and "content sha256" in said
