@@ -371,6 +371,13 @@ def test_train_config_validation(prepared, tmp_path):
     (broken / "val.npy").write_bytes((broken / "val.npy").read_bytes()[:90])
     with pytest.raises(ValueError, match=r"val\.npy: not a readable prepared split"):
         next(train(_config(broken, tmp_path / "m")))
+    # a split changed after preparation (same shape): the model could not name its data
+    changed = tmp_path / "changed"
+    shutil.copytree(prepared, changed)
+    array = np.load(changed / "train.npy")
+    np.save(changed / "train.npy", array[::-1].copy())
+    with pytest.raises(ValueError, match="train split is not the one prepare-data wrote"):
+        next(train(_config(changed, tmp_path / "m2")))
     with pytest.raises(ValueError, match="are 32 x 32"):
         next(train(_config(prepared, tmp_path / "big", size=64)))
 

@@ -157,6 +157,16 @@ def test_refusals(prepared, tiny_run):
         _config(prepared, prepared / "x", lr=0.0)
 
 
+def test_a_split_changed_after_preparation_is_refused(prepared, tmp_path):
+    import shutil
+
+    changed = tmp_path / "changed"
+    shutil.copytree(prepared, changed)
+    np.save(changed / "val.npy", np.load(changed / "val.npy")[::-1].copy())
+    with pytest.raises(ValueError, match="val split is not the one prepare-data wrote"):
+        next(train_vn(_config(changed, tmp_path / "out")))
+
+
 def test_command_line_train_vn(prepared, tmp_path, capsys):
     out = tmp_path / "cli"
     argv = ["train-vn", "--data", str(prepared), "--out", str(out), "--size", str(SIZE),

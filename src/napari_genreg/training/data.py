@@ -84,6 +84,7 @@ __all__ = [
     "item_seed",
     "load_volume",
     "prepare_dataset",
+    "verify_split",
 ]
 
 #: Manifest file name in a prepared folder.
@@ -418,6 +419,25 @@ def _source_sha256(path: Path) -> str:
         if p.is_file() and not p.name.startswith(".")
     )
     return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def verify_split(folder: Path, manifest: Manifest, split: str) -> None:
+    """That the ``split`` array in ``folder`` is the one ``manifest`` describes (its SHA-256):
+    a model records the manifest's hash, which names these arrays only if they are unchanged.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, when it differs (about a second per GB to tell).
+    """
+    record = manifest.arrays[split]
+    found = file_sha256(Path(folder) / record.file)
+    if found != record.sha256:
+        raise ValueError(
+            f"{Path(folder) / record.file}: the {split} split is not the one prepare-data "
+            f"wrote (sha256 {found[:12]}..., the manifest says {record.sha256[:12]}...): "
+            "prepare the data again"
+        )
 
 
 # --------------------------------------------------------------------------------------------

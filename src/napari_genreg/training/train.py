@@ -406,9 +406,10 @@ def open_data(folder: str | os.PathLike[str], seed: int) -> PreparedData:
     FileNotFoundError
         If the folder has no manifest (not prepared, or preparation did not finish).
     ValueError
-        If the manifest or the arrays are not readable, or a split is empty.
+        If the manifest or the arrays are not readable, an array is not the one the manifest
+        describes (its SHA-256), or a split is empty.
     """
-    from napari_genreg.training.data import MANIFEST_NAME, SliceDataset
+    from napari_genreg.training.data import MANIFEST_NAME, SliceDataset, verify_split
 
     folder = Path(folder)
     train_set = SliceDataset(folder, "train", seed=seed)
@@ -418,6 +419,8 @@ def open_data(folder: str | os.PathLike[str], seed: int) -> PreparedData:
             f"{folder}: training needs both splits; it has {len(train_set)} training and "
             f"{len(val_set)} validation slices"
         )
+    for split in ("train", "val"):
+        verify_split(folder, train_set.manifest, split)
     digest = _file_sha256([folder / MANIFEST_NAME])
     return PreparedData(train_set, val_set, train_set.manifest.size, digest)
 

@@ -338,11 +338,12 @@ def _generator(seed: int, *labels: object) -> torch.Generator:
 def _load_split(folder: Path, split: str, size: int) -> torch.Tensor:
     import torch
 
-    from napari_genreg.training.data import SliceDataset
+    from napari_genreg.training.data import SliceDataset, verify_split
 
     dataset = SliceDataset(folder, split, augment=False)  # type: ignore[arg-type]
     if len(dataset) == 0:
         raise ValueError(f"{folder}: the {split} split is empty")
+    verify_split(folder, dataset.manifest, split)
     if dataset.manifest.size != size:
         raise ValueError(
             f"the data in {folder} are {dataset.manifest.size} x {dataset.manifest.size}, but "
