@@ -396,6 +396,7 @@ def test_command_line_module(prepared, tmp_path, capsys):
     assert main(argv) == 2  # exists, no --resume
     assert "already holds a model" in capsys.readouterr().err
     assert main([*argv, "--resume"]) == 0
+    assert "holds all 2 epochs already: nothing to do" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--data", str(prepared), "--covariance", "full", "--out", str(out)])
 

@@ -1058,7 +1058,13 @@ def run_train(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
             return 2
-    if main_process:
+    if main_process and last is None and config.resume:
+        print(
+            f"napari-genreg train: {config.out} holds all {config.epochs} epochs already: "
+            "nothing to do (a longer run is a new run, with --init-from)",
+            file=sys.stderr,
+        )
+    elif main_process:
         print(f"napari-genreg train: wrote {config.out}", file=sys.stderr)
     return 0
 
