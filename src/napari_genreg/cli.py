@@ -429,27 +429,13 @@ def _run_methods(args: argparse.Namespace, inputs: Inputs, names: Sequence[str])
 def _model_notes(args: argparse.Namespace, methods, problem) -> list[str]:
     """Lines on the models the methods use: a ``--model`` no method uses, and a prior trained
     on images of another size than this input's (it knows anatomy at its own field of view)."""
-    from napari_genreg.models.checkpoint import FORMAT
-    from napari_genreg.recon.generative import load_prior_model
+    from napari_genreg.recon.generative import prior_size_notes
 
     if getattr(args, "model", None) is not None and all(m.model_format is None for m in methods):
         names = ", ".join(m.name for m in methods)
         return [f"napari-genreg: --model {args.model} is not used by {names}"]
-    specs = {
-        m.solve.model_spec
-        for m in methods
-        if m.model_format == FORMAT and hasattr(m.solve, "model_spec")
-    }
-    notes = []
-    for spec in sorted(specs):
-        size = load_prior_model(spec, "cpu")[0].config.image_size
-        if tuple(problem.shape) != (size, size):
-            notes.append(
-                f"napari-genreg: the prior {spec} was trained on {size}x{size} images, this "
-                f"input is {problem.shape[0]}x{problem.shape[1]}: it knows anatomy at its own "
-                "field of view and pixel size"
-            )
-    return notes
+    notes = prior_size_notes([m.name for m in methods], problem.shape)
+    return [f"napari-genreg: {note}" for note in notes]
 
 
 def _describe(data, problem) -> str:

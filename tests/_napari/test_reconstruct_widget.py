@@ -564,7 +564,7 @@ def test_a_failing_method_is_an_error_and_nothing_changes(
     assert widget.status.text().startswith("failed") and widget.run_button.isEnabled()
 
 
-def test_an_image_layer_is_simulated(make_napari_viewer, qtbot):
+def test_an_image_layer_is_simulated(make_napari_viewer, qtbot, notifications):
     from napari_genreg.samples import load_image
 
     viewer = make_napari_viewer()
@@ -587,6 +587,16 @@ def test_an_image_layer_is_simulated(make_napari_viewer, qtbot):
         psnr = layer.metadata[METADATA_KEY]["metrics"]["psnr"]
         assert psnr == pytest.approx(evaluate(image, layer.data).psnr, rel=1e-5)
         assert psnr > 20
+    assert not any("was trained on" in m for m in notifications.infos())  # no prior used
+    # a prior trained on 128 x 128 images, run on this 64 x 64 one: the user is told
+    widget.set_methods(["vae-identity"])
+    widget.iterations_spin.setValue(1)
+    run_and_wait(qtbot, widget)
+    told = [m for m in notifications.infos() if "was trained on" in m]
+    assert told == [
+        "Reconstruct: the prior builtin:identity was trained on 128x128 images, this input is "
+        "64x64: it knows anatomy at its own field of view and pixel size"
+    ]
 
 
 def test_rows_follow_the_input(make_napari_viewer, qtbot):

@@ -802,6 +802,8 @@ class ReconstructWidget(QWidget):
                 f"{info['acceleration']:.2f}x, noise σ {info['noise_sigma']:.3g} on "
                 f"{info['device']}"
             )
+            for note in event.notes:
+                show_info(f"Reconstruct: {note}")
             self._lay_out(tuple(info["recon_size"]))
         elif isinstance(event, session.IterationEvent):
             self._on_iteration(event)

@@ -512,11 +512,14 @@ class ProblemReady(NamedTuple):
         maximum, or the image scale without a reference.
     planned
         ``method -> iterations`` at most.
+    notes
+        What the user should know of the models used (a prior trained at another size).
     """
 
     info: dict[str, Any]
     display_range: tuple[float, float]
     planned: dict[str, int]
+    notes: tuple[str, ...] = ()
 
 
 class IterationEvent(NamedTuple):
@@ -786,7 +789,7 @@ def _run_methods(
     request: ReconRequest, preview_interval: float, clock: Callable[[], float]
 ) -> Generator[RunEvent, None, tuple[MethodResult, ...]]:
     from napari_genreg.recon import build_problem, get_method, resolve_device, run
-    from napari_genreg.recon.generative import head_of
+    from napari_genreg.recon.generative import head_of, prior_size_notes
 
     methods = [get_method(name) for name in request.methods]  # unknown names fail first
     planned = request.planned_iterations()
@@ -796,7 +799,8 @@ def _run_methods(
     reference = problem.reference
     top = float(reference.max()) if reference is not None else problem.scale
     display_range = (0.0, top if top > 0 else 1.0)
-    yield ProblemReady(info, display_range, planned)
+    notes = tuple(prior_size_notes(request.methods, problem.shape))
+    yield ProblemReady(info, display_range, planned, notes)
 
     results = []
     last_preview = -math.inf

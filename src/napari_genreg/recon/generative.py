@@ -138,7 +138,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 
@@ -187,6 +187,7 @@ __all__ = [
     "model_spec_of",
     "normalise",
     "padded_shape",
+    "prior_size_notes",
     "use_model",
 ]
 
@@ -250,6 +251,30 @@ def load_prior_model(
         if key not in _CACHE:
             _CACHE[key] = load_model(directory, device=device)
         return _CACHE[key]
+
+
+def prior_size_notes(names: Sequence[str], shape: Sequence[int]) -> list[str]:
+    """One line per prior, among the models the methods ``names`` use now (the override of
+    :func:`use_model` included), that was trained on images of another size than ``shape``:
+    a convolutional prior runs at any size, but knows anatomy at its own field of view and
+    pixel size."""
+    from napari_genreg.models.checkpoint import FORMAT
+    from napari_genreg.recon.run import get_method
+
+    specs = set()
+    for name in names:
+        method = get_method(name)
+        if method.model_format == FORMAT and hasattr(method.solve, "model_spec"):
+            specs.add(method.solve.model_spec)
+    notes = []
+    for spec in sorted(specs):
+        size = load_prior_model(spec, "cpu")[0].config.image_size
+        if tuple(shape) != (size, size):
+            notes.append(
+                f"the prior {spec} was trained on {size}x{size} images, this input is "
+                f"{shape[0]}x{shape[1]}: it knows anatomy at its own field of view and pixel size"
+            )
+    return notes
 
 
 def clear_model_cache() -> None:
