@@ -192,3 +192,15 @@ def test_clear_errors(compared, model_dir, tmp_path, capsys):
                  "--quiet"])  # fmt: skip
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_covariance_on_a_folder_whose_settings_are_gone_says_so(compared, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "cmp"
+    shutil.copytree(compared, folder)
+    (folder / "vae-structured.json").unlink()
+    assert (
+        main(["covariance", str(folder), "--pixel", "60", "70", "--out", str(tmp_path / "c")]) == 2
+    )
+    assert "no settings sidecar vae-structured.json" in capsys.readouterr().err

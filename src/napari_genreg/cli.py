@@ -607,20 +607,9 @@ def _inspected_from_folder(args: argparse.Namespace, folder: Path) -> _Inspected
     image_path = folder / f"{name}.npy"
     if not image_path.is_file():
         raise ValueError(f"{folder}: no {name}.npy; run `compare` with --regularizers ...,{name}")
-    return _inspected_from_saved(args, image_path, _saved_settings(image_path))
+    from napari_genreg.io import read_settings
 
-
-def _saved_settings(path: Path) -> dict | None:
-    """The settings ``reconstruct`` or ``compare`` stored with the ``.npy`` or NIfTI ``path``,
-    or ``None`` (any other file)."""
-    from napari_genreg.io import ReadError, is_hdf5_path, read_settings
-
-    if is_hdf5_path(path) or not path.is_file():
-        return None  # HDF5 is read in a child only: an .h5 result is inspected from its folder
-    try:
-        return read_settings(path)
-    except ReadError:
-        return None
+    return _inspected_from_saved(args, image_path, read_settings(image_path))
 
 
 def _inspected_from_saved(args: argparse.Namespace, image_path: Path, settings) -> _Inspected:
@@ -689,6 +678,7 @@ def _inspected_from_input(args: argparse.Namespace) -> _Inspected:
 def cmd_covariance(args: argparse.Namespace) -> int:
     import torch
 
+    from napari_genreg import io
     from napari_genreg.recon.covariance import covariance_figure, inspect_covariance
     from napari_genreg.recon.generative import load_prior_model
 
@@ -696,7 +686,8 @@ def cmd_covariance(args: argparse.Namespace) -> int:
         raise ValueError(f"--window must be positive, got {args.window}")
     _check_out_dir(Path(args.out), "--out")
     source = Path(args.input)
-    saved = None if source.is_dir() else _saved_settings(source)
+    # (an .h5 result is not opened here: HDF5 is read in a child only; give its folder)
+    saved = None if source.is_dir() else io.stored_settings(source)
     if source.is_dir():
         item = _inspected_from_folder(args, source)
     elif saved is not None and "regularizer" in saved:  # written by `reconstruct`
@@ -771,7 +762,7 @@ def cmd_train_vn(args: argparse.Namespace) -> int:
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     from napari_genreg.training.data import MANIFEST_NAME, prepare_dataset
-    from napari_genreg.training.sources import search_builtin_sources
+    from napari_genreg.training.sources import file_sha256, search_builtin_sources
 
     items = args.source or ["builtin"]
     if args.validation is None and "builtin" not in items:
@@ -807,10 +798,8 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
         min_foreground=args.min_foreground,
         on_source=report,
     )
-    import hashlib
-
     counts = manifest.counts()
-    recorded = hashlib.sha256((Path(args.out) / MANIFEST_NAME).read_bytes()).hexdigest()
+    recorded = file_sha256(Path(args.out) / MANIFEST_NAME)
     print(
         f"napari-genreg: wrote {args.out}: {counts['train']} training and {counts['val']} "
         f"validation slices of {manifest.size}x{manifest.size}; content sha256 "

@@ -3,13 +3,10 @@ reconstruction this plugin wrote opens again as a reconstruction, its settings w
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from napari_genreg._napari._layers import LayerData, layers_for, saved_result_layer
-from napari_genreg.io.records import KSpaceData
 
 #: The extensions napari hands to this reader (PNG/TIFF stay with napari's own reader).
 NAPARI_EXTENSIONS = (".npy", ".npz", ".nii", ".nii.gz", ".h5", ".hdf5", ".mrd", ".dat")
@@ -44,7 +41,8 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
     layers: list[LayerData] = []
     for p in paths:
         data = io.read_isolated(p) if io.is_hdf5_path(p) else io.read(p)
-        settings = _saved_settings(p, data)
+        images = data.reference is not None and data.meta.simulated  # not k-space
+        settings = io.stored_settings(p, data) if images else None
         if settings is not None and (
             settings.get("kind") == "reconstruction" or "regularizer" in settings
         ):
@@ -52,25 +50,3 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
         else:
             layers.extend(layers_for(data, _stem(Path(p))))
     return layers
-
-
-def _saved_settings(path: str, data: KSpaceData) -> dict[str, Any] | None:
-    """The settings this plugin's writer stored with the images of ``path``, or ``None``
-    (any other file). An ``.h5`` file's come from the child that read it (HDF5 is read in a
-    child only); a ``.npy`` file's from its sidecar, a NIfTI file's from its header."""
-    from napari_genreg import io
-
-    if data.reference is None or not data.meta.simulated:
-        return None  # k-space, not images
-    if io.is_hdf5_path(path):
-        text = data.meta.extra.get("settings")
-        try:
-            settings = json.loads(text) if isinstance(text, str) else None
-        except ValueError:
-            return None
-    else:
-        try:
-            settings = io.read_settings(path)
-        except io.ReadError:
-            return None
-    return settings if isinstance(settings, dict) else None

@@ -845,11 +845,7 @@ class ReconstructWidget(QWidget):
             # a grid that grows makes napari move every layer into new views and rebuild what
             # each draws (an image, a name) in one draw; the names are written again one per
             # turn, by the grid's steps or the clean-up's (benchmarks/event_loop_latency.py)
-            self._unnamed_for_layout.extend(self._named_for_grid)
-            for named in self._named_for_grid:
-                if named in self.viewer.layers:
-                    named.name_overlay.visible = False
-            self._named_for_grid = []
+            self._unnamed_for_layout.extend(self._unname())
         layer.visible = True
 
     def _run_layer(self, method: str) -> Any:
@@ -1086,7 +1082,6 @@ class ReconstructWidget(QWidget):
             if layer in self.viewer.layers:
                 layer.visible = True
         self._unname()
-        self._renamed_by_grid = []
         self._hidden_for_grid = []
         self._unnamed_for_layout = []
 

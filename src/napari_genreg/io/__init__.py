@@ -36,7 +36,14 @@ from .mrd import read_mrd
 from .records import KSpaceData, Metadata
 from .simulate import simulate_kspace
 from .twix import read_twix
-from .writers import SUPPORTED_WRITE_EXTENSIONS, WRITERS, check_target, read_settings, write
+from .writers import (
+    SUPPORTED_WRITE_EXTENSIONS,
+    WRITERS,
+    check_target,
+    read_settings,
+    stored_settings,
+    write,
+)
 
 __all__ = [
     "READERS",
@@ -64,6 +71,7 @@ __all__ = [
     "read_tiff",
     "read_twix",
     "simulate_kspace",
+    "stored_settings",
     "write",
 ]
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from ._common import match_extension, parse_boundary
 from .errors import ReadError, WriteError
+from .records import KSpaceData
 
 #: Code of a NIfTI header extension that holds a comment (the settings JSON).
 NIFTI_COMMENT_CODE = 6
@@ -107,6 +108,31 @@ def write(
     except Exception as exc:
         raise WriteError(path, f"could not be written: {type(exc).__name__}: {exc}") from exc
     return path
+
+
+def stored_settings(
+    path: str | os.PathLike[str], record: KSpaceData | None = None
+) -> dict[str, Any] | None:
+    """The settings :func:`write` stored with ``path``, or ``None`` for a file without them.
+
+    An HDF5 file is not opened here (HDF5 files are read in a child process,
+    :func:`~napari_genreg.io.read_isolated`): its settings are taken from ``record``, the
+    record read from it, or are ``None`` without one.
+    """
+    from .isolated import is_hdf5_path
+
+    if is_hdf5_path(path):
+        text = None if record is None else record.meta.extra.get("settings")
+        try:
+            settings = json.loads(text) if isinstance(text, str) else None
+        except ValueError:
+            return None
+    else:
+        try:
+            settings = read_settings(path)
+        except ReadError:
+            return None
+    return settings if isinstance(settings, dict) else None
 
 
 def read_settings(path: str | os.PathLike[str]) -> dict[str, Any]:

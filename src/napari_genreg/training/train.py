@@ -377,15 +377,6 @@ class PreparedData:
     manifest_sha256: str
 
 
-def _file_sha256(paths: Sequence[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def open_data(folder: str | os.PathLike[str], seed: int) -> PreparedData:
     """Open the training and validation splits of a prepared-data folder.
 
@@ -410,6 +401,7 @@ def open_data(folder: str | os.PathLike[str], seed: int) -> PreparedData:
         describes (its SHA-256), or a split is empty.
     """
     from napari_genreg.training.data import MANIFEST_NAME, SliceDataset, verify_split
+    from napari_genreg.training.sources import file_sha256
 
     folder = Path(folder)
     train_set = SliceDataset(folder, "train", seed=seed)
@@ -421,7 +413,7 @@ def open_data(folder: str | os.PathLike[str], seed: int) -> PreparedData:
         )
     for split in ("train", "val"):
         verify_split(folder, train_set.manifest, split)
-    digest = _file_sha256([folder / MANIFEST_NAME])
+    digest = file_sha256(folder / MANIFEST_NAME)
     return PreparedData(train_set, val_set, train_set.manifest.size, digest)
 
 

@@ -44,7 +44,6 @@ Randomness
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import shlex
 import sys
@@ -422,6 +421,7 @@ def train_vn(config: VNTrainConfig) -> Iterator[VNEpochState]:
     from napari_genreg.models.checkpoint import CONFIG_NAME, save_vn
     from napari_genreg.models.vn import VariationalNetwork
     from napari_genreg.training.data import MANIFEST_NAME
+    from napari_genreg.training.sources import file_sha256
     from napari_genreg.training.train import _resolve_device
 
     if (config.out / CONFIG_NAME).is_file():
@@ -432,7 +432,7 @@ def train_vn(config: VNTrainConfig) -> Iterator[VNEpochState]:
     count = min(config.val_images, val_all.shape[0])
     picks = torch.linspace(0, val_all.shape[0] - 1, count).round().long()
     val_images = val_all[picks].to(device)
-    manifest_sha256 = hashlib.sha256((config.data / MANIFEST_NAME).read_bytes()).hexdigest()
+    manifest_sha256 = file_sha256(config.data / MANIFEST_NAME)
 
     vn_config = config.vn_config()
     model = VariationalNetwork(vn_config, _generator(config.seed, "init")).to(device)
