@@ -115,15 +115,24 @@ def test_reconstruct_saves_the_latent_beside_the_output(model_dir, tmp_path):
     assert read_settings(out)["latent"] == "recon.latent.npy"
 
 
-def test_covariance_of_a_reconstruct_output_uses_its_latent_and_model(model_dir, tmp_path):
+def test_covariance_of_a_reconstruct_output_uses_its_latent_and_model(model_dir, tmp_path, capsys):
     """The file `reconstruct` wrote, with its latent beside it: inspected at that latent with
     the model that reached it (not reconstructed again, from the magnitudes, with the
-    default model); another --model is refused."""
+    default model); the flags of a reconstruction are said to be unused; another
+    --regularizer than the file's is refused."""
     out = tmp_path / "recon.nii.gz"
     assert main(["reconstruct", "sample:brain", "--regularizer", "vae-structured", "--model",
                  model_dir, "--iterations", "2", "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    code = main(["covariance", str(out), "--regularizer", "vae-diagonal", "--pixel", "60",
+                 "70", "--out", str(tmp_path / "refused")])  # fmt: skip
+    assert code == 2 and not (tmp_path / "refused").exists()
+    assert "recon.nii.gz is a vae-structured reconstruction" in capsys.readouterr().err
     cov = tmp_path / "cov"
-    assert main(["covariance", str(out), "--pixel", "60", "70", "--out", str(cov)]) == 0
+    assert main(["covariance", str(out), "--pixel", "60", "70", "--lam", "0.5",
+                 "--noise-sigma", "0.1", "--mask", "radial", "--out", str(cov)]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--mask, --noise-sigma, --lam unused" in err and "recon.nii.gz" in err
     info = json.loads((cov / "covariance.json").read_text())
     assert info["model"] == model_dir and info["regularizer"] == "vae-structured"
     model, _ = load_model(model_dir)

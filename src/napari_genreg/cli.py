@@ -31,6 +31,20 @@ import numpy as np
 from napari_genreg import __version__
 
 SAMPLE_PREFIX = "sample:"
+#: ``covariance --regularizer``'s default.
+_INSPECTED_BY_DEFAULT = "vae-structured"
+#: The flags of :func:`_add_common` that say how to reconstruct: unused by ``covariance`` on a
+#: saved result, which is inspected at the latent its run reached.
+_RECONSTRUCTION_FLAGS = (
+    "mask",
+    "acceleration",
+    "center_fraction",
+    "noise_sigma",
+    "lam",
+    "iterations",
+    "coil_maps",
+    "virtual_coils",
+)
 
 
 @dataclass(frozen=True)
@@ -139,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     cov.add_argument("--out", required=True, help="output folder")
     cov.add_argument(
-        "--regularizer", default="vae-structured",
+        "--regularizer", default=_INSPECTED_BY_DEFAULT,
         help="the generative reconstruction to inspect (default vae-structured)",
     )  # fmt: skip
     cov.add_argument(
@@ -594,6 +608,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 class _Inspected:
     """One generative reconstruction to inspect: its image, latent and prior settings."""
 
+    regularizer: str
     image: np.ndarray  # (H, W) magnitude
     latent: np.ndarray  # (c, h, w)
     model: str
@@ -612,11 +627,34 @@ def _inspected_from_folder(args: argparse.Namespace, folder: Path) -> _Inspected
     return _inspected_from_saved(args, image_path, read_settings(image_path))
 
 
+def _given_reconstruction_flags(args: argparse.Namespace) -> list[str]:
+    """The reconstruction flags of ``args`` set to other than their defaults."""
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common)
+    defaults = vars(common.parse_args(["input"]))
+    return [
+        "--" + name.replace("_", "-")
+        for name in _RECONSTRUCTION_FLAGS
+        if getattr(args, name) != defaults[name]
+    ]
+
+
 def _inspected_from_saved(args: argparse.Namespace, image_path: Path, settings) -> _Inspected:
     """The latent a run stored beside its result, with the model it was reached with."""
     from napari_genreg import io
 
     name = settings.get("regularizer", args.regularizer)
+    if args.regularizer not in (name, _INSPECTED_BY_DEFAULT):
+        raise ValueError(
+            f"--regularizer {args.regularizer}: {image_path.name} is a {name} reconstruction"
+        )
+    unused = _given_reconstruction_flags(args)
+    if unused:
+        print(
+            f"napari-genreg: {', '.join(unused)} unused: the covariance is taken at the latent "
+            f"{image_path.name} was reconstructed with",
+            file=sys.stderr,
+        )
     latent_file = settings.get("latent")
     if not latent_file or "model" not in settings or "scale" not in settings:
         raise ValueError(
@@ -644,6 +682,7 @@ def _inspected_from_saved(args: argparse.Namespace, image_path: Path, settings) 
         raise ValueError(f"--slice {args.slice} was not reconstructed here (slices {slices})")
     model = settings["model"]
     return _Inspected(
+        str(name),
         images[position],
         latents[position],
         str(model),
@@ -666,6 +705,7 @@ def _inspected_from_input(args: argparse.Namespace) -> _Inspected:
     results, _ = _run(args, inputs, [args.regularizer])
     r = results[args.regularizer][0]
     return _Inspected(
+        args.regularizer,
         r.result.image,
         r.result.latent,
         _model_id(r.result.model),
@@ -724,7 +764,7 @@ def cmd_covariance(args: argparse.Namespace) -> int:
     info = {
         "software": f"napari-genreg {__version__}",
         "source": str(args.input),
-        "regularizer": args.regularizer,
+        "regularizer": item.regularizer,
         "slice": item.slice,
         "model": item.model,
         "prior_head": item.head,
@@ -742,7 +782,7 @@ def cmd_covariance(args: argparse.Namespace) -> int:
         out / "covariance.png",
         view,
         background,
-        title=f"{args.regularizer}: covariance with pixel ({row}, {col})",
+        title=f"{item.regularizer}: covariance with pixel ({row}, {col})",
     )
     print(f"napari-genreg: wrote {out}", file=sys.stderr)
     return 0

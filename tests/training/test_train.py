@@ -384,13 +384,15 @@ def test_train_config_validation(prepared, tmp_path):
 
 def test_command_line_module(prepared, tmp_path, capsys):
     out = tmp_path / "cli"
-    argv = ["--data", str(prepared), "--covariance", "diagonal", "--size", "32", "--epochs", "2"]
+    # no --size: the prepared data's; --stencil with a diagonal head: said to be unused
+    argv = ["--data", str(prepared), "--covariance", "diagonal", "--stencil", "7", "--epochs", "2"]
     argv += ["--batch-size", "16", "--seed", "1", "--device", "cpu", "--out", str(out)]
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "epoch 2/2 stage 2" in err and "bits/dim" in err
+    assert "--stencil unused with --covariance diagonal" in err
     _, card = load_model(out)
-    assert card.config.covariance == "diagonal"
+    assert card.config.covariance == "diagonal" and card.config.image_size == 32
     assert card.command.startswith(f"napari-genreg train --data {prepared} --covariance diagonal")
     assert "--stage-epochs 1 --batch-size 16" in card.command
     assert main(argv) == 2  # exists, no --resume

@@ -169,7 +169,8 @@ def test_a_split_changed_after_preparation_is_refused(prepared, tmp_path):
 
 def test_command_line_train_vn(prepared, tmp_path, capsys):
     out = tmp_path / "cli"
-    argv = ["train-vn", "--data", str(prepared), "--out", str(out), "--size", str(SIZE),
+    # no --size: the prepared data's
+    argv = ["train-vn", "--data", str(prepared), "--out", str(out),
             "--acceleration", "2", "--center-fraction", "0.2", "--epochs", "1",
             "--steps-per-epoch", "2", "--batch-size", "2", "--stages", "2", "--filters", "4",
             "--kernel-size", "3", "--val-images", "2", "--device", "cpu"]  # fmt: skip
@@ -178,6 +179,7 @@ def test_command_line_train_vn(prepared, tmp_path, capsys):
     assert "epoch 1/1" in err and "zero-filled" in err and f"wrote {out}" in err
     _, card = load_vn(out)
     assert card.command.startswith("napari-genreg train-vn --data")
+    assert f"--size {SIZE}" in card.command
     assert "--max-minutes" not in card.command
     assert main(argv) == 2  # the folder holds a model now
     assert "already holds a model" in capsys.readouterr().err

@@ -84,6 +84,7 @@ __all__ = [
     "item_seed",
     "load_volume",
     "prepare_dataset",
+    "prepared_size",
     "verify_split",
 ]
 
@@ -419,6 +420,12 @@ def _source_sha256(path: Path) -> str:
         if p.is_file() and not p.name.startswith(".")
     )
     return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def prepared_size(folder: str | os.PathLike[str]) -> int:
+    """The side of the slices prepared in ``folder`` (its manifest's): the image size that
+    ``train`` and ``train-vn`` use when no ``--size`` is given."""
+    return Manifest.load(folder).size
 
 
 def verify_split(folder: Path, manifest: Manifest, split: str) -> None:

@@ -71,7 +71,7 @@ import shlex
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -937,7 +937,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--covariance", required=True, choices=_COVARIANCES, help="the covariance head"
     )
     parser.add_argument(
-        "--stencil", type=int, default=5, choices=(3, 5, 7), help="structured stencil (default 5)"
+        "--stencil",
+        type=int,
+        default=TrainConfig.stencil,
+        choices=(3, 5, 7),
+        help="structured stencil (default %(default)s)",
     )
     parser.add_argument(
         "--off-diagonal-bound",
@@ -946,7 +950,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="structured head: bound on a row's off-diagonal weights relative to its diagonal "
         "(default 0.9: diagonally dominant, stable solves by construction; up to 4, checked)",
     )
-    parser.add_argument("--size", type=int, default=128, help="image side (default 128)")
+    parser.add_argument(
+        "--size", type=int, default=None, help="image side, checked (default: the prepared data's)"
+    )
     parser.add_argument("--epochs", type=int, default=30, help="total epochs (default 30)")
     parser.add_argument(
         "--stage-epochs",
@@ -983,13 +989,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of parsed ``napari-genreg train`` flags."""
+    from napari_genreg.training.data import prepared_size
+
     return TrainConfig(
         data=Path(args.data),
         out=Path(args.out),
         covariance=args.covariance,
         stencil=args.stencil,
         off_diagonal_bound=args.off_diagonal_bound,
-        size=args.size,
+        size=args.size if args.size is not None else prepared_size(args.data),
         epochs=args.epochs,
         stage_epochs=args.stage_epochs,
         batch_size=args.batch_size,
@@ -1003,6 +1011,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def _unused_flags(config: TrainConfig) -> list[str]:
+    """A note for the structured head's settings given with another head (they change nothing)."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    given = [
+        flag
+        for flag, name in (("--stencil", "stencil"), ("--off-diagonal-bound", "off_diagonal_bound"))
+        if getattr(config, name) != defaults[name]
+    ]
+    if config.covariance == "structured" or not given:
+        return []
+    flags = " and ".join(given)
+    head = config.covariance
+    return [f"{flags} unused with --covariance {head} (settings of the structured head)"]
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run ``napari-genreg train`` from parsed flags: a tqdm bar over epochs, one line each.
 
@@ -1014,6 +1037,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process:
+        for note in _unused_flags(config):
+            print(f"napari-genreg: {note}", file=sys.stderr)
     last: EpochState | None = None
     with tqdm(total=config.epochs, unit="epoch", file=sys.stderr, disable=not main_process) as bar:
         try:

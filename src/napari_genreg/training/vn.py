@@ -1,7 +1,7 @@
 r"""Training the Variational Network end to end for one sampling setting.
 
 ``napari-genreg train-vn --data DIR --out MODEL_DIR [--mask random] [--acceleration 4]
-[--center-fraction 0.08] [--noise-sigma 0.01] [--size 128] [--epochs N] [--steps-per-epoch S]
+[--center-fraction 0.08] [--noise-sigma 0.01] [--size N] [--epochs N] [--steps-per-epoch S]
 [--batch-size B] [--lr LR] [--stages T] [--filters N] [--kernel-size K] [--seed S]
 [--device auto] [--max-minutes M]``
 
@@ -547,7 +547,9 @@ def add_train_vn_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.01,
         help="std of the complex k-space noise relative to the image maximum (default 0.01)",
     )
-    parser.add_argument("--size", type=int, default=128, help="image side, checked (default 128)")
+    parser.add_argument(
+        "--size", type=int, default=None, help="image side, checked (default: the prepared data's)"
+    )
     parser.add_argument(
         "--epochs", type=int, default=defaults["epochs"], help="default %(default)s"
     )
@@ -583,6 +585,8 @@ def add_train_vn_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> VNTrainConfig:
     """The :class:`VNTrainConfig` of parsed ``napari-genreg train-vn`` flags."""
+    from napari_genreg.training.data import prepared_size
+
     return VNTrainConfig(
         data=Path(args.data),
         out=Path(args.out),
@@ -590,7 +594,7 @@ def config_from_args(args: argparse.Namespace) -> VNTrainConfig:
         acceleration=args.acceleration,
         center_fraction=args.center_fraction,
         noise_sigma=args.noise_sigma,
-        size=args.size,
+        size=args.size if args.size is not None else prepared_size(args.data),
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size,
