@@ -801,8 +801,10 @@ def cmd_train_vn(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
-    from napari_genreg.training.data import MANIFEST_NAME, prepare_dataset
-    from napari_genreg.training.sources import file_sha256, search_builtin_sources
+    from collections import Counter
+
+    from napari_genreg.training.data import MANIFEST_NAME, MIN_IN_PLANE, prepare_dataset
+    from napari_genreg.training.sources import file_sha256, search_builtin_sources, unread_files
 
     items = args.source or ["builtin"]
     if args.validation is None and "builtin" not in items:
@@ -814,6 +816,15 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     for item in items:
         if item != "builtin":
             sources.append(Path(item))
+            unread = unread_files(item)
+            if unread:
+                kinds = Counter(path.suffix.lower() or "no extension" for path in unread)
+                listed = ", ".join(f"{suffix} {n}" for suffix, n in kinds.most_common())
+                print(
+                    f"napari-genreg: {item}: {len(unread)} file(s) not read ({listed}): the "
+                    "sources are NIfTI, fastMRI .h5 and DICOM series",
+                    file=sys.stderr,
+                )
             continue
         found, missing = search_builtin_sources(args.builtin_dir)
         for name, reason in missing.items():
@@ -826,9 +837,17 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
             )
         sources.extend(found)
 
+    def plane_count(record, plane: str) -> str:
+        kept, looked = record.slices[plane], record.candidates.get(plane, 0)
+        if kept:
+            return f"{plane} {kept}"
+        if not looked:  # the plane's in-plane side is under MIN_IN_PLANE (a thin slab)
+            return f"{plane} 0 (under {MIN_IN_PLANE} voxels in its plane)"
+        return f"{plane} 0 of {looked} (each under --min-foreground)"
+
     def report(record) -> None:
-        planes = ", ".join(f"{plane} {n}" for plane, n in record.slices.items())
-        print(f"{record.name}: {record.split}, {planes} slices ({record.licence})", file=sys.stderr)
+        planes = ", ".join(plane_count(record, plane) for plane in record.slices)
+        print(f"{record.name}: {record.split}; slices {planes}; {record.licence}", file=sys.stderr)
 
     manifest = prepare_dataset(
         sources,

@@ -34,6 +34,7 @@ from napari_genreg.training.sources import (
     find_builtin_sources,
     search_builtin_sources,
     sources_from_path,
+    unread_files,
 )
 
 SIZE = 32
@@ -231,6 +232,9 @@ def test_folder_expansion_and_dicom(tmp_path: Path, volumes: dict[str, Path]) ->
         ("data/beta", "nifti"),
         ("data/knee", "fastmri"),
     ]
+    # what is not read is told: the note, not the series' files
+    assert unread_files(volumes["alpha"].parent) == [volumes["alpha"].parent / "notes.txt"]
+    assert unread_files(series) == [] and unread_files(volumes["alpha"]) == []
     m = prepare_dataset([series], tmp_path / "dicom", size=SIZE, validation=())
     record = m.sources[0]
     assert record.name == "series" and record.slices == {"stored": 3}
@@ -529,3 +533,28 @@ def test_prepare_data_prints_the_hash_a_model_records(tmp_path, volumes, capsys)
     recorded = hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
     said = capsys.readouterr().err
     assert f"manifest sha256 {recorded}" in said and "content sha256" in said
+
+
+def test_prepare_data_says_what_it_did_not_use(tmp_path, volumes, capsys):
+    """A thin slab has no coronal or sagittal slices (too few voxels in their plane), a flat
+    disc no slice of enough foreground across it: each said, not a bare 0; so are the files of
+    a source folder that are not read."""
+    from napari_genreg.cli import main
+
+    thin = write_nifti(tmp_path / "thin.nii.gz", head((40, 48, 16), 2))
+    flat = np.zeros((40, 40, 40), np.float32)
+    flat[:, :, 20] = head((40, 40, 1), 3)[:, :, 0] + 0.5
+    disc = write_nifti(tmp_path / "disc.nii.gz", flat)
+    (volumes["alpha"].parent / "notes.txt").write_text("not a volume")
+    argv = ["prepare-data", "--out", str(tmp_path / "prepared"), "--validation", "data/beta",
+            "--size", str(SIZE), "--source", str(volumes["alpha"].parent)]  # fmt: skip
+    for source in (thin, disc):
+        argv += ["--source", str(source)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"{volumes['alpha'].parent}: 1 file(s) not read (.txt 1)" in err
+    lines = {line.split(":")[0]: line for line in err.splitlines()}
+    assert "coronal 0 (under 32 voxels in its plane)" in lines["thin"]
+    assert "sagittal 0 (under 32 voxels in its plane)" in lines["thin"]
+    assert "axial 0" not in lines["thin"]
+    assert "coronal 0 of 40 (each under --min-foreground)" in lines["disc"]

@@ -53,6 +53,7 @@ __all__ = [
     "find_builtin_sources",
     "search_builtin_sources",
     "sources_from_path",
+    "unread_files",
     "volume_format",
 ]
 
@@ -556,16 +557,35 @@ def sources_from_path(path: str | os.PathLike[str]) -> list[Source]:
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"{root}: no such file or folder")
-    kind = volume_format(root)
     if root.is_file():
+        kind = volume_format(root)
         if kind is None:
             raise ValueError(
                 f"{root}: not a NIfTI (.nii, .nii.gz) or fastMRI (.h5) file, nor a DICOM folder"
             )
         return [_user_source(_strip_suffix(root.name), root, kind)]
+    found, _ = _walk(root)
+    if not found:
+        raise ValueError(f"{root}: no NIfTI, fastMRI .h5 or DICOM volumes found")
+    return found
+
+
+def unread_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files in the folder ``path`` that :func:`sources_from_path` does not read: neither
+    a volume nor part of a DICOM series (hidden files and folders left out); none for a file."""
+    root = Path(path)
+    return _walk(root)[1] if root.is_dir() else []
+
+
+def _walk(root: Path) -> tuple[list[Source], list[Path]]:
+    """The volumes in the folder ``root`` (searched recursively, in sorted order) and the
+    other files."""
     found: list[Source] = []
-    if kind == "dicom":
+    unread: list[Path] = []
+    series: set[Path] = set()  # DICOM folders: their files are the series
+    if volume_format(root) == "dicom":
         found.append(_user_source(root.name, root, "dicom"))
+        series.add(root)
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         here = Path(dirpath)
@@ -573,6 +593,7 @@ def sources_from_path(path: str | os.PathLike[str]) -> list[Source]:
             sub = here / d
             if volume_format(sub) == "dicom":
                 found.append(_user_source(_relative_name(root, sub), sub, "dicom"))
+                series.add(sub)
         for f in sorted(filenames):
             file = here / f
             if f.startswith("."):
@@ -580,9 +601,9 @@ def sources_from_path(path: str | os.PathLike[str]) -> list[Source]:
             sub_kind = volume_format(file)
             if sub_kind in ("nifti", "fastmri"):
                 found.append(_user_source(_relative_name(root, file), file, sub_kind))
-    if not found:
-        raise ValueError(f"{root}: no NIfTI, fastMRI .h5 or DICOM volumes found")
-    return found
+            elif here not in series:
+                unread.append(file)
+    return found, unread
 
 
 def _relative_name(root: Path, path: Path) -> str:
