@@ -17,7 +17,7 @@ operations, each on a new 128 x 128 image:
 Each in grid mode and out of it, for each ``n`` in ``--layers``, ``--repeats`` times (the
 layer removed in between; medians). The call's own time (``call ms``) is measured around it.
 
-Run: ``xvfb-run -a .venv/bin/python benchmarks/napari_floor.py`` (about two minutes); writes
+Run: ``xvfb-run -a .venv/bin/python benchmarks/napari_floor.py`` (about eight minutes); writes
 ``benchmarks/results/napari_floor.json`` and ``.md``. ``--quick``: two sizes, one repeat,
 printed only; ``--report-only`` rewrites the ``.md`` from the recorded ``.json``.
 """
@@ -182,7 +182,7 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, nargs="+", default=[1, 2, 4, 6, 8, 12])
+    parser.add_argument("--layers", type=int, nargs="+", default=[1, 2, 4, 6, 8, 12, 16, 20])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="two sizes, one repeat, print only")
     parser.add_argument(
