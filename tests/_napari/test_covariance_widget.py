@@ -381,3 +381,37 @@ def test_the_status_forgets_an_inspection_whose_layer_is_gone(inspected, qtbot):
     viewer.layers.remove(VAE)
     assert widget.status.text() == "click a pixel of the reconstruction"
     assert widget.pixel is None and widget.source_combo.count() == 0
+    assert not any(layer.visible for layer in widget.layers.values())  # no overlay over another
+
+
+def test_a_later_vae_result_is_inspected_under_the_overlays(inspected, qtbot):
+    """The inspection's layers, made for the first result, lie under a later run's result:
+    inspecting that one puts them right above it, in their order."""
+    viewer, widget = inspected
+    with qtbot.waitSignal(widget.inspection_done, timeout=TIMEOUT_MS):
+        widget.inspect_pixel((64, 64))
+    _, recon = viewer.window.add_plugin_dock_widget("napari-genreg", "Reconstruct")
+    recon.set_methods(["vae-structured"])
+    recon.iterations_spin.setValue(2)
+    recon.acceleration_spin.setValue(6.0)
+    with qtbot.waitSignal(recon.run_finished, timeout=TIMEOUT_MS):
+        recon.run_button.click()
+    later = recon.results[0].name
+    assert later != VAE and widget.source_combo.currentText() == later
+    with qtbot.waitSignal(widget.inspection_done, timeout=TIMEOUT_MS):
+        widget.inspect_pixel((50, 50))
+    names = [layer.name for layer in viewer.layers]
+    ours = [widget.layers[role].name for role in ("positive", "negative", "marker")]
+    assert names[names.index(later) + 1 :][:3] == ours
+    assert all(viewer.layers[name].visible for name in [later, *ours])
+
+
+def test_a_closed_inspector_follows_no_click(inspected, qtbot):
+    """Its dock's X takes the widget out of the window: it no longer inspects clicks, and a
+    new one docked in its place inspects each click once."""
+    viewer, widget = inspected
+    viewer.window.remove_dock_widget(widget.parent())
+    assert widget._on_mouse_drag not in viewer.mouse_drag_callbacks
+    _, again = viewer.window.add_plugin_dock_widget("napari-genreg", "Covariance Inspector")
+    inspectors = [cb for cb in viewer.mouse_drag_callbacks if hasattr(cb, "__self__")]
+    assert [cb.__self__ for cb in inspectors if cb.__name__ == "_on_mouse_drag"] == [again]

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from napari.utils.notifications import show_error
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QEvent, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -131,10 +131,27 @@ class CovarianceWidget(QWidget):
         layers.selection.events.active.connect(self._on_active_changed)
         for layer in layers:
             self._watch(layer)
+        self._attach()
         callbacks = self.viewer.mouse_drag_callbacks
-        callback = self._on_mouse_drag
-        callbacks.append(callback)
-        self.destroyed.connect(lambda *_: _remove(callbacks, callback))
+        self.destroyed.connect(lambda *_: _remove(callbacks, self._on_mouse_drag))
+
+    def _attach(self) -> None:
+        """Follow the viewer's clicks (once)."""
+        if self._on_mouse_drag not in self.viewer.mouse_drag_callbacks:
+            self.viewer.mouse_drag_callbacks.append(self._on_mouse_drag)
+
+    def event(self, event: QEvent) -> bool:
+        """A dock closed with its X is taken out of the window, not destroyed (napari's
+        ``remove_dock_widget``): the widget stops following clicks then (a closed inspector
+        kept inspecting, and one opened again inspected each click twice), drops a click
+        waiting for its turn, and follows them again if it is docked again."""
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is None:
+                _remove(self.viewer.mouse_drag_callbacks, self._on_mouse_drag)
+                self._pending = None
+            else:
+                self._attach()
+        return super().event(event)
 
     # ------------------------------------------------------------------------------ layout
 
@@ -198,6 +215,11 @@ class CovarianceWidget(QWidget):
         kind = getattr(event, "type", "")
         if kind == "inserted":
             self._watch(event.value)
+        elif kind == "removed" and event.value.name == self._inspected:
+            # its overlays would lie over whatever is below it now
+            for layer in self.layers.values():
+                if layer in self.viewer.layers and layer.visible:
+                    layer.visible = False
         elif kind == "metadata" and layer_kind(event.source) == KIND_COVARIANCE:
             return  # an inspection's own layer, updated
         self._rebuild_sources()
@@ -559,6 +581,22 @@ class CovarianceWidget(QWidget):
         for layer in list(layers)[start + 1 :]:
             if layer_kind(layer) != KIND_COVARIANCE and layer.visible:
                 layer.visible = False
+        self._stack_over(base)
+
+    def _stack_over(self, base: Any) -> None:
+        """Put the inspection's layers right above ``base``, in the order of
+        :data:`._inspector.ROLES` (made for an earlier reconstruction, they lie under the
+        layers added since: a later run's results)."""
+        layers = self.viewer.layers
+        anchor = base
+        for role in inspector.ROLES:
+            layer = self.layers.get(role)
+            if layer is None or layer not in layers:
+                continue
+            above = layers.index(anchor) + 1
+            if layers.index(layer) != above:
+                layers.move(layers.index(layer), above)  # indices before the move
+            anchor = layer
 
 
 def _update(layer: Any, data: Any, kwargs: dict[str, Any]) -> None:
