@@ -415,3 +415,25 @@ def test_a_closed_inspector_follows_no_click(inspected, qtbot):
     _, again = viewer.window.add_plugin_dock_widget("napari-genreg", "Covariance Inspector")
     inspectors = [cb for cb in viewer.mouse_drag_callbacks if hasattr(cb, "__self__")]
     assert [cb.__self__ for cb in inspectors if cb.__name__ == "_on_mouse_drag"] == [again]
+
+
+def test_the_writer_refuses_kspace_and_writes_a_multicoil_reference(
+    make_napari_viewer, tmp_path, mri
+):
+    """A k-space layer shows log(1 + |k|): writing it would lose the complex data, so it is
+    refused, naming why; a multi-coil file's reference, (slices, 1, H, W) for the slider, is
+    written as (slices, H, W) with the scale of those axes."""
+    from napari_genreg._napari._writer import write_image
+    from napari_genreg.io import WriteError, read_settings
+
+    path = tmp_path / "scan.h5"
+    truth = mri.fastmri(path)
+    viewer = make_napari_viewer()
+    kspace, reference = viewer.open(str(path), plugin="napari-genreg")
+    with pytest.raises(WriteError, match="k-space layer shows log"):
+        write_image(str(tmp_path / "k.npy"), kspace.data, kspace.as_layer_data_tuple()[1])
+    assert not (tmp_path / "k.npy").exists()
+    out = tmp_path / "ref.npy"
+    write_image(str(out), reference.data, reference.as_layer_data_tuple()[1])
+    np.testing.assert_allclose(np.load(out), truth["reference"], rtol=1e-6)
+    assert read_settings(out)["layer_scale"] == [1.0, 1.0, 1.0]

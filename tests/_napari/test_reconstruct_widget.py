@@ -614,6 +614,8 @@ def test_rows_follow_the_input(make_napari_viewer, qtbot):
     qtbot.waitUntil(widget.is_ready, timeout=TIMEOUT_MS)
     assert widget.input_combo.currentText() == "stack k-space"  # k-space first
     assert widget.slice_spin.isVisibleTo(widget) and widget.slice_spin.maximum() == 2
+    assert viewer.dims.current_step[0] == 1  # napari opened the stack mid-way...
+    assert widget.slice_spin.value() == 1  # ...and the slice chosen is the one shown
     assert not widget.noise_row.isVisibleTo(widget)
     assert not widget.coil_maps_combo.isVisibleTo(widget)
     widget.input_combo.setCurrentText("stack")
@@ -624,6 +626,11 @@ def test_rows_follow_the_input(make_napari_viewer, qtbot):
     np.testing.assert_allclose(request.data.reference[0], stack[2], rtol=1e-6)
     # the viewer's slider follows: the stack shows the slice that is reconstructed
     assert viewer.layers["stack"].world_to_data(viewer.dims.point)[0] == pytest.approx(2)
+    # and the other way: the slider moves the slice chosen here
+    axis = viewer.dims.ndim - 3  # the stack's slice axis (napari lines up the last axes)
+    viewer.dims.set_point(axis, float(viewer.layers["stack"].data_to_world((1, 0, 0))[0]))
+    assert widget.slice_spin.value() == 1
+    np.testing.assert_allclose(widget.build_request().data.reference[0], stack[1], rtol=1e-6)
     viewer.layers.remove("stack")
     assert widget.input_combo.currentText() == "stack k-space"
 
@@ -639,6 +646,9 @@ def test_a_multicoil_files_reference_keeps_to_the_slice_slider(
     kspace, reference = viewer.open(str(path), plugin="napari-genreg")
     assert kspace.data.shape == (mri.slices, mri.coils, *mri.encoded)
     assert reference.data.shape == (mri.slices, 1, *mri.recon)
+    for coil in range(mri.coils):  # shown whichever coil the coil slider is on
+        viewer.dims.set_point(1, coil)
+        assert abs(reference.world_to_data(viewer.dims.point)[1]) < 0.5
     _, widget = viewer.window.add_plugin_dock_widget("napari-genreg", "Reconstruct")
     qtbot.waitUntil(widget.is_ready, timeout=TIMEOUT_MS)
     widget.input_combo.setCurrentText(reference.name)

@@ -165,6 +165,19 @@ def test_interrupted_npy_write_keeps_the_old_pair(
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_an_npy_write_never_replaces_someone_elses_json(tmp_path: Path) -> None:
+    """``notes.json`` beside no ``notes.npy`` is not a sidecar: writing ``notes.npy`` would
+    replace it, and is refused; a pair written before is replaced together."""
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": true}')
+    with pytest.raises(WriteError, match=r"notes\.json exists beside it"):
+        write(tmp_path / "notes.npy", _magnitudes(), settings={"run": 1})
+    assert notes.read_text() == '{"mine": true}' and not (tmp_path / "notes.npy").exists()
+    path = write(tmp_path / "r.npy", _magnitudes(), settings={"run": 1})
+    write(path, _magnitudes(), settings={"run": 2})
+    assert read_settings(path) == {"run": 2}
+
+
 def test_read_settings_errors(tmp_path: Path) -> None:
     from napari_genreg.io import ReadError
 

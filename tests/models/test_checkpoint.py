@@ -208,6 +208,9 @@ def test_unreadable_configs_and_missing_files(saved, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         load_model(tmp_path / "empty")
+    (tmp_path / "model.safetensors").write_bytes(b"")  # a file where a folder belongs
+    with pytest.raises(FileNotFoundError, match="is a file: give its folder"):
+        load_model(tmp_path / "model.safetensors")
 
 
 def test_builtin_names(saved, tmp_path, monkeypatch):

@@ -57,8 +57,11 @@ def layers_for(data: KSpaceData, stem: str) -> list[LayerData]:
         if layers[0][0].ndim == 4 and reference.ndim == 3:
             # (slices, coils, ky, kx) beside (slices, H, W): napari lines up the last axes, so
             # the slices would follow the coil slider; a coil axis of 1 keeps them on the
-            # slice slider
+            # slice slider, and spread over the coils' range it shows at every coil (napari
+            # starts its slider in the middle: a reference at coil 0 only was blank)
+            coils = layers[0][0].shape[1]
             reference = reference[:, None]
+            kwargs = {**kwargs, "scale": (1, coils, 1, 1), "translate": (0, (coils - 1) / 2, 0, 0)}
         layers.append((reference, kwargs, kind))
     return layers
 

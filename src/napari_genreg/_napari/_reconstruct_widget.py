@@ -199,6 +199,9 @@ class ReconstructWidget(QWidget):
         emitter = grid(self.viewer).events.enabled
         emitter.connect(self._on_grid_switched)
         self.destroyed.connect(lambda *_: emitter.disconnect(self._on_grid_switched))
+        steps = self.viewer.dims.events.point
+        steps.connect(self._follow_slider)
+        self.destroyed.connect(lambda *_: steps.disconnect(self._follow_slider))
         self._on_input_changed()
         self.refresh_mask()
         self._start_loading_choices()
@@ -492,6 +495,7 @@ class ReconstructWidget(QWidget):
         _set_row_visible(self._input_form, self.slice_spin, slices > 1)
         _set_row_visible(self._input_form, self.coil_maps_combo, coils > 1)
         self.slice_spin.setRange(0, max(slices - 1, 0))
+        self._follow_slider()  # the slice the viewer shows (napari opens a stack mid-way)
         self._on_mask_choice_changed()
 
     def _on_mask_choice_changed(self, *_: Any) -> None:
@@ -504,6 +508,21 @@ class ReconstructWidget(QWidget):
             spin.setEnabled(generated)
         self._watch_mask_source(None if acquired or choice[0] != "layer" else choice[1])
         self._schedule_mask_refresh()
+
+    def _slider_slice(self, layer: Any) -> int | None:
+        """The slice of ``layer`` the viewer's slider is on (``None``: one slice, or off it)."""
+        axis = session.slice_axis(layer)
+        if axis is None or self.viewer.dims.ndim < layer.ndim:
+            return None
+        index = round(float(layer.world_to_data(self.viewer.dims.point)[axis]))
+        return index if 0 <= index < session.slice_count(layer) else None
+
+    def _follow_slider(self, *_: Any) -> None:
+        """The slice chosen here is the one the viewer shows: moved with its slider."""
+        layer = self.input_layer()
+        index = None if layer is None else self._slider_slice(layer)
+        if index is not None and index != self.slice_spin.value():
+            self.slice_spin.setValue(index)
 
     def _show_slice(self, index: int) -> None:
         """Move the viewer's slider of the input's slices to the slice chosen here (the

@@ -84,8 +84,10 @@ def write_image(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     Raises
     ------
     napari_genreg.io.WriteError
-        For an unsupported extension (the message lists the supported ones), data that is not
-        a real ``(H, W)`` or ``(N, H, W)`` array, or an I/O error; the target is left as it was.
+        For an unsupported extension (the message lists the supported ones), a k-space layer
+        (its log-magnitude is for display), data that is not a real ``(H, W)`` or
+        ``(N, H, W)`` array (a multi-coil file's ``(N, 1, H, W)`` reference is written as
+        ``(N, H, W)``), or an I/O error; the target is left as it was.
     """
     from napari_genreg.io import WriteError, write
     from napari_genreg.io.writers import sidecar_path
@@ -95,6 +97,18 @@ def write_image(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     array = np.asarray(data)
     if attributes.get("rgb"):
         raise WriteError(path, "RGB layers cannot be written; choose a grey-scale image layer")
+    entry = (attributes.get("metadata") or {}).get(METADATA_KEY)
+    if isinstance(entry, Mapping) and entry.get("kind") == "kspace":
+        raise WriteError(
+            path,
+            "a k-space layer shows log(1 + |k|), for the eye: written, its complex data would "
+            "be lost; save a reconstruction or a reference image",
+        )
+    if array.ndim == 4 and array.shape[1] == 1:  # a multi-coil file's reference: (S, 1, H, W)
+        array = array[:, 0]
+        scale = attributes.get("scale")
+        if scale is not None and len(scale) == 4:
+            attributes = {**attributes, "scale": [scale[0], *scale[2:]]}
     written = write(path, array, settings=layer_settings(attributes))
     paths = [str(written)]
     if written.name.lower().endswith(".npy"):

@@ -4,7 +4,8 @@ Formats, chosen by the extension of the target:
 
 ``.npy``
     float32 array as given, ``(H, W)`` or ``(N, H, W)``; the settings in a JSON sidecar next
-    to it, ``<name>.json`` (``recon.npy`` -> ``recon.json``).
+    to it, ``<name>.json`` (``recon.npy`` -> ``recon.json``). A ``.json`` of that name beside
+    no ``.npy`` of its name is someone else's file: the write is refused.
 ``.nii`` / ``.nii.gz``
     float32 NIfTI-1, identity affine (1 mm voxels, RAS), laid out so that
     :func:`~napari_genreg.io.images.read_nifti` gives back the same ``(N, H, W)`` slices (see
@@ -54,7 +55,8 @@ def check_target(path: str | os.PathLike[str]) -> str:
     Raises
     ------
     WriteError
-        On an unsupported extension, a missing folder, or a folder where the file would be.
+        On an unsupported extension, a missing folder, a folder where the file would be, or
+        a ``.json`` beside a new ``.npy`` (its sidecar would replace someone else's file).
     """
     path = Path(path)
     ext = match_extension(path, WRITERS)
@@ -66,6 +68,14 @@ def check_target(path: str | os.PathLike[str]) -> str:
         raise WriteError(path, f"the folder {path.parent} does not exist")
     if path.is_dir():
         raise WriteError(path, "is a folder")
+    sidecar = sidecar_path(path)
+    if ext == ".npy" and sidecar.exists() and not path.exists():
+        # a .json beside no .npy of that name is no sidecar of ours: someone else's file
+        raise WriteError(
+            path,
+            f"{sidecar.name} exists beside it and would be replaced by the settings; choose "
+            "another name",
+        )
     return ext
 
 
@@ -232,6 +242,8 @@ def _check_magnitudes(magnitudes: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _write_npy(path: Path, array: np.ndarray, text: str) -> None:
+    sidecar = sidecar_path(path)
+
     def fill_array(tmp: Path) -> None:
         with tmp.open("wb") as f:
             np.save(f, array, allow_pickle=False)
@@ -239,7 +251,7 @@ def _write_npy(path: Path, array: np.ndarray, text: str) -> None:
     def fill_sidecar(tmp: Path) -> None:
         tmp.write_text(text + "\n", encoding="utf-8")
 
-    replace_atomically([(path, fill_array), (sidecar_path(path), fill_sidecar)])
+    replace_atomically([(path, fill_array), (sidecar, fill_sidecar)])
 
 
 def _write_nifti(path: Path, array: np.ndarray, text: str) -> None:

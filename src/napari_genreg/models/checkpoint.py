@@ -353,6 +353,10 @@ def resolve_model_dir(source: str | os.PathLike[str]) -> Path:
     path = Path(text)
     if path.is_file() and path.name == CONFIG_NAME:
         path = path.parent
+    if path.is_file():
+        raise FileNotFoundError(
+            f"the model {path} is a file: give its folder, the one holding {CONFIG_NAME}"
+        )
     if not path.is_dir():
         raise FileNotFoundError(f"model directory {path} does not exist")
     if not (path / CONFIG_NAME).is_file():
