@@ -624,6 +624,7 @@ def test_rows_follow_the_input(make_napari_viewer, qtbot):
     widget.slice_spin.setValue(2)
     request = widget.build_request()
     np.testing.assert_allclose(request.data.reference[0], stack[2], rtol=1e-6)
+    assert request.slice_index == 2 and request.title.startswith("stack, slice 2, ")
     # the viewer's slider follows: the stack shows the slice that is reconstructed
     assert viewer.layers["stack"].world_to_data(viewer.dims.point)[0] == pytest.approx(2)
     # and the other way: the slider moves the slice chosen here

@@ -231,6 +231,19 @@ def test_a_runs_layer_is_made_before_its_result_and_named_as_it():
     assert session.input_kind(Layer.create(data, kwargs, kind)) is None  # never an input
 
 
+def test_a_result_of_one_slice_of_several_names_it():
+    """Results of slice 0 and slice 3 of a stack are told apart by their names, the title and
+    the settings saved with them; an input of one slice names none."""
+    request = _request(methods=("zero-filled",), slice_index=3, source="stack")
+    assert request.result_names() == {"zero-filled": "zero-filled · poisson 3x · slice 3"}
+    assert request.title == "stack, slice 3, poisson 3x"
+    _, (result,) = _drain(session.run_request(request))
+    assert result.name.endswith(" · slice 3") and result.settings["slice"] == 3
+    one = _request(methods=("zero-filled",), source="brain")
+    assert one.result_names() == {"zero-filled": "zero-filled · poisson 3x"}
+    assert one.title == "brain, poisson 3x"
+
+
 def test_data_with_its_own_mask_keeps_it():
     data = _data()
     own = make_mask("equispaced", (32, 32), acceleration=2, seed=0)

@@ -705,6 +705,7 @@ class ReconstructWidget(QWidget):
             model=self.model_edit.text().strip() or None,
             coil_maps=self.coil_maps_combo.currentText(),
             source=layer.name,
+            slice_index=self.slice_spin.value() if session.slice_count(layer) > 1 else None,
             scale=session.grid_scale(layer) if image_input else (1.0, 1.0),
         )
 
@@ -753,7 +754,7 @@ class ReconstructWidget(QWidget):
         self._laid_out = laid_out = threading.Event()
         self._grid_by_run = False
         self.table.setRowCount(0)
-        self.results_box.setTitle(f"Results: {request.source}, {request.mask_label}")
+        self.results_box.setTitle(f"Results: {request.title}")
         self.plot.clear()
         self._shown_description = self._live.description
         total = sum(planned.values())

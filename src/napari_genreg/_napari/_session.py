@@ -441,6 +441,8 @@ class ReconRequest:
         ``"espirit"`` or ``"lowres"`` (multi-coil data only).
     source
         Name of the input layer.
+    slice_index
+        The slice of an input of several slices (named in the results), ``None`` for one.
     scale
         Pixel size of the result layers (the image layer's, for image inputs).
     """
@@ -455,6 +457,7 @@ class ReconRequest:
     model: str | None = None
     coil_maps: str = "espirit"
     source: str = ""
+    slice_index: int | None = None
     scale: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
@@ -490,11 +493,20 @@ class ReconRequest:
         return {name: self.result_name(name, get_method(name).has_lam) for name in self.methods}
 
     def result_name(self, method: str, has_lam: bool) -> str:
-        """The layer name of a result, e.g. ``"tv · poisson 4x"`` (``"· lam 20"`` when set)."""
+        """The layer name of a result, e.g. ``"tv · poisson 4x"`` (``"· lam 20"`` when set,
+        ``"· slice 3"`` for an input of several slices)."""
         name = f"{method} · {self.mask_label}"
         if has_lam and self.lam is not None:
             name += f" · lam {self.lam:g}"
+        if self.slice_index is not None:
+            name += f" · slice {self.slice_index}"
         return name
+
+    @property
+    def title(self) -> str:
+        """What the results are of: ``"brain, poisson 4x"`` (``", slice 3"``)."""
+        where = "" if self.slice_index is None else f", slice {self.slice_index}"
+        return f"{self.source}{where}, {self.mask_label}"
 
 
 # -------------------------------------------------------------------------------------- run
@@ -827,6 +839,7 @@ def _run_methods(
         settings = {
             "software": f"napari-genreg {__version__}",
             "input": info["source"],
+            "slice": request.slice_index,
             "regularizer": method.name,
             "mask": request.mask_label,
             "lam": lam,
