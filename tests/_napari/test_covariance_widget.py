@@ -312,6 +312,7 @@ def test_the_writer_round_trips_a_reconstruction_with_its_settings(
     )
     *_, finished = session.run_request(request)
     layer = Layer.create(*session.result_layer(finished.result, request.mask))
+    layer.translate = (3.0, -2.0)
     viewer = make_napari_viewer()
     viewer.add_layer(layer)
     path = tmp_path / f"recon{ext}"
@@ -345,6 +346,7 @@ def test_the_writer_round_trips_a_reconstruction_with_its_settings(
     assert entry["kind"] == "reconstruction" and entry["regularizer"] == "vae-structured"
     assert entry["lam"] == pytest.approx(meta["lam"]) and entry["latent"] is None
     assert tuple(opened.scale) == tuple(layer.scale)
+    assert tuple(opened.translate) == (3.0, -2.0)
     _, widget = viewer.window.add_plugin_dock_widget("napari-genreg", "Covariance Inspector")
     widget.set_source(opened.name)  # listed; the latent was not saved: it says so
     assert "carries no latent" in widget.source_info.text()

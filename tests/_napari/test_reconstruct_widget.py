@@ -569,10 +569,11 @@ def test_an_image_layer_is_simulated(make_napari_viewer, qtbot, notifications):
 
     viewer = make_napari_viewer()
     image = 7.0 * load_image("brain", 128)[::2, ::2]
-    viewer.add_image(image, name="phantom", scale=(0.5, 0.5))
+    viewer.add_image(image, name="phantom", scale=(0.5, 0.5), translate=(10.0, -4.0))
     _, widget = viewer.window.add_plugin_dock_widget("napari-genreg", "Reconstruct")
     qtbot.waitUntil(widget.is_ready, timeout=TIMEOUT_MS)
     assert widget.input_combo.currentText() == "phantom"
+    assert tuple(viewer.layers[MASK_LAYER_NAME].translate) == (10.0, -4.0)
     assert widget.noise_spin.isVisibleTo(widget)
     widget.noise_spin.setValue(0.0)
     widget.set_mask_choice("gaussian1d")
@@ -583,6 +584,7 @@ def test_an_image_layer_is_simulated(make_napari_viewer, qtbot, notifications):
     for name in ("zero-filled · gaussian1d 2x", "least-squares · gaussian1d 2x"):
         layer = viewer.layers[name]
         assert layer.data.shape == (64, 64) and tuple(layer.scale) == (0.5, 0.5)
+        assert tuple(layer.translate) == (10.0, -4.0)  # over the input, pixel for pixel
         assert 0.8 < layer.data.max() / image.max() < 1.25
         psnr = layer.metadata[METADATA_KEY]["metrics"]["psnr"]
         assert psnr == pytest.approx(evaluate(image, layer.data).psnr, rel=1e-5)

@@ -71,14 +71,16 @@ def saved_result_layer(data: KSpaceData, settings: dict[str, Any], stem: str) ->
     opened again: the magnitudes as a reconstruction layer named as it was saved, its settings
     back in ``metadata["napari_genreg"]``. What was not saved stays missing (the latent: the
     Covariance Inspector says to reconstruct it again; the mask array)."""
-    entry = {key: value for key, value in settings.items() if key not in ("layer", "layer_scale")}
+    placement = {"layer_scale": "scale", "layer_translate": "translate"}
+    entry = {key: value for key, value in settings.items() if key not in ("layer", *placement)}
     entry.update(kind="reconstruction", latent=None, mask=None, source=data.meta.source)
     kwargs: dict[str, Any] = {
         "name": str(settings.get("layer") or stem),
         "metadata": {METADATA_KEY: entry},
         "colormap": "gray",
     }
-    scale = settings.get("layer_scale")
-    if isinstance(scale, list) and len(scale) >= 2:
-        kwargs["scale"] = tuple(float(v) for v in scale[-2:])
+    for key, attribute in placement.items():
+        value = settings.get(key)
+        if isinstance(value, list) and len(value) >= 2:  # the image axes (a stack's are more)
+            kwargs[attribute] = tuple(float(v) for v in value[-2:])
     return (_squeeze(data.reference), kwargs, "image")

@@ -165,6 +165,7 @@ class ReconstructWidget(QWidget):
         self._display_range: tuple[float, float] = (0.0, 1.0)
         self._run_mask: np.ndarray | None = None
         self._scale: tuple[float, float] = (1.0, 1.0)
+        self._translate: tuple[float, float] = (0.0, 0.0)
         self._failed = False
         self._cancelled = False
 
@@ -632,15 +633,20 @@ class ReconstructWidget(QWidget):
             self.mask_info.setText(f"<span style='color:#ff6b6b'>{exc}</span>")
             return
         self.mask_info.setText(resolved.summary)
-        self._show_mask(resolved.mask, session.grid_scale(layer))
+        self._show_mask(resolved.mask, session.grid_scale(layer), session.grid_translate(layer))
 
-    def _show_mask(self, mask: np.ndarray, scale: tuple[float, float]) -> None:
+    def _show_mask(
+        self, mask: np.ndarray, scale: tuple[float, float], translate: tuple[float, float]
+    ) -> None:
         data = mask.astype(np.uint8)
         if self._mask_layer is not None and self._mask_layer in self.viewer.layers:
             self._mask_layer.data = data
             self._mask_layer.scale = scale
+            self._mask_layer.translate = translate
             return
-        self._mask_layer = self.viewer.add_layer(_layer_from(session.mask_layer(mask, scale)))
+        self._mask_layer = self.viewer.add_layer(
+            _layer_from(session.mask_layer(mask, scale, translate))
+        )
 
     @property
     def history(self) -> dict[str, list[float]]:
@@ -707,6 +713,7 @@ class ReconstructWidget(QWidget):
             source=layer.name,
             slice_index=self.slice_spin.value() if session.slice_count(layer) > 1 else None,
             scale=session.grid_scale(layer) if image_input else (1.0, 1.0),
+            translate=session.grid_translate(layer) if image_input else (0.0, 0.0),
         )
 
     def run(self) -> None:
@@ -742,6 +749,7 @@ class ReconstructWidget(QWidget):
         self._cancelled = False
         self._run_mask = request.mask
         self._scale = request.scale
+        self._translate = request.translate
         self._names = request.result_names()
         # a curve's legend says what it shows when that is no objective: "vn (data term)"
         reported = {m.name: m.objective for m in self.choices.methods} if self.choices else {}
@@ -848,7 +856,7 @@ class ReconstructWidget(QWidget):
     def _add_run_layer(self, method: str, name: str, shape: tuple[int, int]) -> None:
         if self._laid_out.is_set():  # cancelled meanwhile
             return
-        data = session.run_layer(name, shape, self._display_range, self._scale)
+        data = session.run_layer(name, shape, self._display_range, self._scale, self._translate)
         layer = _layer_from(data)
         # added hidden, shown in the next turn: in grid mode a layer that takes a cell makes
         # napari rebuild its grid of views (20-100 ms here, benchmarks/event_loop_latency.py),

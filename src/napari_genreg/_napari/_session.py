@@ -139,6 +139,12 @@ def grid_scale(layer: Any) -> tuple[float, float]:
     return tuple(float(s) for s in layer.scale[-2:])  # type: ignore[return-value]
 
 
+def grid_translate(layer: Any) -> tuple[float, float]:
+    """Position of the first pixel of a layer along its last two axes (for the layers placed
+    over it)."""
+    return tuple(float(t) for t in layer.translate[-2:])  # type: ignore[return-value]
+
+
 def describe_input(layer: Any) -> str:
     """One line on what an input layer holds and how it will be used."""
     ky, kx = kspace_shape(layer)
@@ -347,7 +353,11 @@ def resolve_mask(layer: Any, *, spec: MaskSpec | None = None, drawn: Any = None)
     return ResolvedMask(mask, spec.label, False, f"{spec.dimensions}, {acceleration_text(mask)}")
 
 
-def mask_layer(mask: np.ndarray, scale: Sequence[float] = (1.0, 1.0)) -> LayerData:
+def mask_layer(
+    mask: np.ndarray,
+    scale: Sequence[float] = (1.0, 1.0),
+    translate: Sequence[float] = (0.0, 0.0),
+) -> LayerData:
     """The live sampling-mask layer: an image of 1 where k-space is sampled, 0 elsewhere,
     added in cyan over what lies below (an Image layer: a Labels layer would compile its
     colour map with numba on first use, seconds at start-up)."""
@@ -360,6 +370,7 @@ def mask_layer(mask: np.ndarray, scale: Sequence[float] = (1.0, 1.0)) -> LayerDa
         "blending": "additive",
         "opacity": 0.6,
         "scale": tuple(scale),
+        "translate": tuple(translate),
     }
     return (np.asarray(mask, dtype=np.uint8), kwargs, "image")
 
@@ -443,8 +454,9 @@ class ReconRequest:
         Name of the input layer.
     slice_index
         The slice of an input of several slices (named in the results), ``None`` for one.
-    scale
-        Pixel size of the result layers (the image layer's, for image inputs).
+    scale, translate
+        Pixel size and first pixel's position of the result layers (the image layer's, for
+        image inputs).
     """
 
     data: KSpaceData
@@ -459,6 +471,7 @@ class ReconRequest:
     source: str = ""
     slice_index: int | None = None
     scale: tuple[float, float] = (1.0, 1.0)
+    translate: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -580,8 +593,8 @@ class MethodResult:
         The problem's description (:func:`problem_info`).
     display_range
         Contrast limits shared by the run's results.
-    scale
-        Pixel size of the layer.
+    scale, translate
+        Pixel size and first pixel's position of the layer.
     prior_head
         The decoder head of a generative method (``"configured"`` or ``"identity"``), else
         ``None``.
@@ -595,6 +608,7 @@ class MethodResult:
     info: dict[str, Any]
     display_range: tuple[float, float]
     scale: tuple[float, float] = (1.0, 1.0)
+    translate: tuple[float, float] = (0.0, 0.0)
     prior_head: str | None = None
 
     @property
@@ -864,6 +878,7 @@ def _run_methods(
             info=info,
             display_range=display_range,
             scale=request.scale,
+            translate=request.translate,
             prior_head=head if core.latent is not None else None,
         )
         results.append(result)
@@ -909,6 +924,7 @@ def result_layer(result: MethodResult, mask: np.ndarray | None = None) -> LayerD
         "colormap": "gray",
         "contrast_limits": result.display_range,
         "scale": result.scale,
+        "translate": result.translate,
     }
     return (recon.image, kwargs, "image")
 
@@ -918,6 +934,7 @@ def run_layer(
     shape: Sequence[int],
     display_range: tuple[float, float],
     scale: Sequence[float] = (1.0, 1.0),
+    translate: Sequence[float] = (0.0, 0.0),
 ) -> LayerData:
     """The layer of one method of a run, made before the run's first iteration: zeros of the
     reconstruction's ``shape``, named as its result will be, transparent (opacity 0: it hides
@@ -930,6 +947,7 @@ def run_layer(
         "colormap": "gray",
         "contrast_limits": display_range,
         "scale": tuple(scale),
+        "translate": tuple(translate),
         "opacity": 0.0,
     }
     return (np.zeros(tuple(shape), dtype=np.float32), kwargs, "image")

@@ -51,8 +51,9 @@ def _keep(value: Any) -> bool:
 
 
 def layer_settings(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings stored with a layer: its name and grid, and for this plugin's layers the
-    JSON-safe entries of ``metadata["napari_genreg"]`` (see the module docstring).
+    """The settings stored with a layer: its name and grid (scale and translate), and for this
+    plugin's layers the JSON-safe entries of ``metadata["napari_genreg"]`` (see the module
+    docstring).
 
     Parameters
     ----------
@@ -63,8 +64,9 @@ def layer_settings(attributes: Mapping[str, Any]) -> dict[str, Any]:
         "software": f"napari-genreg {__version__}",
         "layer": str(attributes.get("name", "")),
     }
-    if attributes.get("scale") is not None:
-        settings["layer_scale"] = [float(s) for s in attributes["scale"]]
+    for attribute in ("scale", "translate"):
+        if attributes.get(attribute) is not None:
+            settings[f"layer_{attribute}"] = [float(v) for v in attributes[attribute]]
     entry = (attributes.get("metadata") or {}).get(METADATA_KEY)
     if isinstance(entry, Mapping):
         for key, value in entry.items():
@@ -106,9 +108,10 @@ def write_image(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
         )
     if array.ndim == 4 and array.shape[1] == 1:  # a multi-coil file's reference: (S, 1, H, W)
         array = array[:, 0]
-        scale = attributes.get("scale")
-        if scale is not None and len(scale) == 4:
-            attributes = {**attributes, "scale": [scale[0], *scale[2:]]}
+        for attribute in ("scale", "translate"):  # without the coil axis's
+            value = attributes.get(attribute)
+            if value is not None and len(value) == 4:
+                attributes = {**attributes, attribute: [value[0], *value[2:]]}
     written = write(path, array, settings=layer_settings(attributes))
     paths = [str(written)]
     if written.name.lower().endswith(".npy"):
