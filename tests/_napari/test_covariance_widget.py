@@ -439,3 +439,26 @@ def test_the_writer_refuses_kspace_and_writes_a_multicoil_reference(
     write_image(str(out), reference.data, reference.as_layer_data_tuple()[1])
     np.testing.assert_allclose(np.load(out), truth["reference"], rtol=1e-6)
     assert read_settings(out)["layer_scale"] == [1.0, 1.0, 1.0]
+
+
+def test_samples_keep_a_slider_of_their_own_beside_a_stack(inspected, qtbot):
+    """With a stack of slices open, the samples (n, H, W) would take the slice slider (sample
+    k shown at slice k, none beyond): they get an axis of 1 spread over the slices instead,
+    and a slider of their own."""
+    viewer, widget = inspected
+    viewer.add_image(np.zeros((5, 128, 128), np.float32), name="stack", scale=(2.5, 1, 1))
+    slice_steps = viewer.dims.nsteps[0]
+    widget.samples_check.setChecked(True)
+    widget.samples_spin.setValue(3)
+    with qtbot.waitSignal(widget.inspection_done, timeout=TIMEOUT_MS):
+        widget.inspect_pixel((64, 64))
+    samples = widget.layers["samples"]
+    assert samples.data.shape == (3, 1, 128, 128) and viewer.dims.ndim == 4
+    assert viewer.dims.nsteps[1] == slice_steps  # the slices' slider is untouched
+    assert samples.data[:, 0].std(axis=0).max() > 0  # three different samples
+    for k in range(5):  # shown at every slice
+        viewer.dims.set_point(1, float(viewer.layers["stack"].data_to_world((k, 0, 0))[0]))
+        assert abs(samples.world_to_data(viewer.dims.point)[1]) < 0.5
+    with qtbot.waitSignal(widget.inspection_done, timeout=TIMEOUT_MS):
+        widget.inspect_pixel((30, 30))  # the next click updates the same layer
+    assert widget.layers["samples"] is samples and samples.data.shape == (3, 1, 128, 128)

@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_genreg._napari import _inspector as inspector
+from napari_genreg._napari._layers import METADATA_KEY
 from napari_genreg._napari._session import KIND_COVARIANCE, KIND_PREVIEW, layer_kind
 from napari_genreg._napari._viewer import (
     StepQueue,
@@ -451,9 +452,12 @@ class CovarianceWidget(QWidget):
         """Add the hidden layer of ``role`` unless it exists (or the source is gone)."""
         from napari.layers import Layer
 
-        array, kwargs, kind = data
-        if self._has(role, kind) or source not in self.viewer.layers:
+        if source not in self.viewer.layers:
             return
+        array, kwargs, kind = data = self._placed(role, data)
+        if self._has(role, kind):
+            return
+        self._drop(role)  # one of another shape (the viewer gained axes since): replaced
         self._adding = True
         try:
             self.layers[role] = add_keeping_selection(
@@ -482,9 +486,35 @@ class CovarianceWidget(QWidget):
             layers.move(index, target)
 
     def _has(self, role: str, kind: str) -> bool:
-        """Whether the layer of ``role`` exists, of the type ``kind``."""
+        """Whether the layer of ``role`` exists, of the type ``kind`` (and, for the samples,
+        with the axes :meth:`_placed` gives them)."""
         layer = self.layers.get(role)
-        return layer is not None and layer in self.viewer.layers and _is_kind(layer, kind)
+        if layer is None or layer not in self.viewer.layers or not _is_kind(layer, kind):
+            return False
+        return role != "samples" or layer.ndim == 3 + len(self._outer_axes())
+
+    def _outer_axes(self) -> list[tuple[float, float]]:
+        """``(centre, extent)`` in world units of each axis the viewer has in front of the
+        images' two (a stack's slices, a file's coils), besides the samples' own."""
+        ndim = max((la.ndim for la in self.viewer.layers if not _is_samples(la)), default=2)
+        ranges = self.viewer.dims.range[self.viewer.dims.ndim - ndim :][: ndim - 2]
+        return [((r.start + r.stop) / 2, r.stop - r.start + r.step) for r in ranges]
+
+    def _placed(self, role: str, data: tuple[Any, dict[str, Any], str]) -> tuple[Any, ...]:
+        """The samples stack ``(n, H, W)`` in a viewer of a stack of slices (or coils) gets an
+        axis of length 1 for each, spread over its whole range: the samples keep a slider of
+        their own and show at every slice (as ``(n, H, W)`` they took the slice slider)."""
+        axes = self._outer_axes() if role == "samples" else []
+        if not axes:
+            return data
+        array, kwargs, kind = data
+        array = array.reshape(array.shape[:1] + (1,) * len(axes) + array.shape[1:])
+        kwargs = {
+            **kwargs,
+            "scale": (1.0, *(extent for _, extent in axes), *kwargs["scale"]),
+            "translate": (0.0, *(centre for centre, _ in axes), *kwargs["translate"]),
+        }
+        return array, kwargs, kind
 
     def _on_error(self, exc: BaseException) -> None:
         if isinstance(exc, InspectionFailed) and exc.__cause__ is not None:
@@ -518,13 +548,15 @@ class CovarianceWidget(QWidget):
             self._fail(f"the layer {target.name!r} is gone")
             return
         missing = [role for role, (_, _, kind) in layers.items() if not self._has(role, kind)]
+        # (a samples layer of other axes is missing: _create replaces it)
         if missing:  # deleted by the user meanwhile: create them, then come back
             for role in missing:
                 self._steps.add(lambda role=role: self._create(target.name, role, layers[role]))
             self._steps.add(lambda: self._show(target, pixel, layers, clicked))
             return
         self._focus(target.name)
-        for role, (data, kwargs, _) in layers.items():
+        for role, layer_data in layers.items():
+            data, kwargs, _ = self._placed(role, layer_data)
             _update(self.layers[role], data, kwargs)
         steps: list[Callable[[], None]] = [
             lambda r=role: self._drop(r) for role in self.layers if role not in layers
@@ -624,6 +656,13 @@ def _show_layer(layer: Any) -> None:
 def _remove(callbacks: list[Callable[..., Any]], callback: Callable[..., Any]) -> None:
     if callback in callbacks:
         callbacks.remove(callback)
+
+
+def _is_samples(layer: Any) -> bool:
+    """Whether ``layer`` is an inspection's samples stack (by its metadata: napari hands
+    plugins proxies of its layers, so identity does not tell)."""
+    entry = layer.metadata.get(METADATA_KEY)
+    return layer_kind(layer) == KIND_COVARIANCE and entry.get("role") == "samples"
 
 
 def _is_kind(layer: Any, kind: str) -> bool:
