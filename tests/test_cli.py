@@ -189,3 +189,101 @@ def test_python_dash_m_runs_the_command_line():
         [sys.executable, "-m", "napari_genreg", "--help"], capture_output=True, text=True
     )
     assert done.returncode == 0 and "reconstruct" in done.stdout
+
+
+def test_an_output_is_never_one_of_the_inputs(tmp_path, monkeypatch, capsys):
+    """--out on the input (by its name, another spelling or a link) or on the mask file, and a
+    comparison folder whose outputs would replace the input: refused before any work, the
+    files untouched."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    np.save("image.npy", load_image("brain", 128)[::4, ::4])
+    np.save("mask.npy", make_mask("poisson", (32, 32), acceleration=2, seed=0))
+    os.symlink("image.npy", "link.npy")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    for argv in [
+        ["reconstruct", "image.npy", "--out", "image.npy"],
+        ["reconstruct", "image.npy", "--out", f"{tmp_path}/./image.npy"],
+        ["reconstruct", "image.npy", "--out", "link.npy"],
+        ["reconstruct", "image.npy", "--mask", "mask.npy", "--out", "mask.npy"],
+        ["compare", "mask.npy", "--regularizers", "zero-filled", "--out-dir", "."],
+    ]:
+        assert main([*argv, "--quiet"]) == 2, argv
+        err = capsys.readouterr().err
+        assert "writing there would destroy it" in err and "mask:" not in err, argv
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before and os.path.islink("link.npy")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".napari-genreg-")]
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "compare", "covariance"])
+def test_an_interrupted_command_leaves_no_output(command, tmp_path, monkeypatch, capsys):
+    """Ctrl-C (or an error) while a command writes its files: none of them is left (they are
+    moved in together at the end), and the message says so truthfully."""
+    import napari_genreg.cli as cli
+
+    def interrupted(self) -> None:  # every file written, then Ctrl-C before they move in
+        assert any(self.stage.iterdir())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli._Staged, "publish", interrupted)
+    monkeypatch.chdir(tmp_path)
+    argv = {
+        "reconstruct": ["reconstruct", "sample:brain", "--regularizer", "vae-identity",
+                        "--iterations", "1", "--out", "out/r.npy"],
+        "compare": ["compare", "sample:brain", "--regularizers", "zero-filled,tv",
+                    "--iterations", "2", "--out-dir", "out/cmp"],
+        "covariance": ["covariance", "sample:brain", "--regularizer", "vae-diagonal",
+                       "--iterations", "1", "--pixel", "60", "60", "--out", "out/cov"],
+    }[command]  # fmt: skip
+    (tmp_path / "out").mkdir()
+    assert main([*argv, "--quiet"]) == 130
+    assert "cancelled; nothing was written" in capsys.readouterr().err
+    assert list((tmp_path / "out").iterdir()) == []  # no output, no staging folder
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        MemoryError("Unable to allocate 37.3 GiB for an array"),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 68719476736 bytes"
+        ),
+    ],
+)
+def test_running_out_of_memory_is_one_line(exc, tmp_path, monkeypatch, capsys):
+    import napari_genreg.cli as cli
+
+    def exhausted(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(cli, "_run", exhausted)
+    monkeypatch.chdir(tmp_path)
+    assert main(["reconstruct", "sample:brain", "--out", "x.npy", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "error: out of memory (" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(cli, "_run", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("bug")))
+    with pytest.raises(RuntimeError, match="bug"):  # any other error is no out-of-memory
+        main(["reconstruct", "sample:brain", "--out", "x.npy", "--quiet"])
+
+
+def test_sigterm_is_a_cancel_that_cleans_up(tmp_path, monkeypatch, capsys):
+    """A scheduler's SIGTERM mid-command: the clean-up runs as for Ctrl-C (no output, no
+    staging folder), exit status 128 + 15; the handler before it is back afterwards."""
+    import os
+    import signal
+
+    import napari_genreg.cli as cli
+
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(cli, "_run", killed)
+    monkeypatch.chdir(tmp_path)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["reconstruct", "sample:brain", "--out", "x.npy", "--quiet"]) == 143
+    assert "cancelled; nothing was written" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [] and signal.getsignal(signal.SIGTERM) == before

@@ -490,23 +490,30 @@ def _stack(results: list[_SliceResult], single: bool) -> np.ndarray:
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from napari_genreg import io
+    from napari_genreg.io.writers import sidecar_path
     from napari_genreg.recon import get_method
 
-    io.check_target(args.out)  # before the work, not after it
-    inputs = _inputs(args)
-    print(f"napari-genreg: mask: {inputs.mask_label}", file=sys.stderr)
-    results, _ = _run(args, inputs, [args.regularizer])
-    slices = results[args.regularizer]
-    single = args.slice is not None or inputs.data.n_slices == 1
-    settings = _settings(args, inputs, args.regularizer, slices)
-    latents = _latents(slices, single)
+    out = Path(args.out)
+    if io.check_target(out) == ".npy":  # before the work, not after it
+        names = [out.name, sidecar_path(out).name, _latent_path(out).name]
+    else:
+        names = [out.name, _latent_path(out).name]
+    with _Staged(out.parent, names, "--out", args) as staged:
+        inputs = _inputs(args)
+        print(f"napari-genreg: mask: {inputs.mask_label}", file=sys.stderr)
+        results, _ = _run(args, inputs, [args.regularizer])
+        slices = results[args.regularizer]
+        single = args.slice is not None or inputs.data.n_slices == 1
+        settings = _settings(args, inputs, args.regularizer, slices)
+        latents = _latents(slices, single)
+        if latents is not None:
+            settings["latent"] = _latent_path(out).name
+            np.save(staged / _latent_path(out).name, latents)
+        io.write(staged / out.name, _stack(slices, single), settings=settings)
+        staged.publish()
+    path = out
     if latents is not None:
-        latent_path = _latent_path(Path(args.out))
-        settings["latent"] = latent_path.name
-    path = io.write(args.out, _stack(slices, single), settings=settings)
-    if latents is not None:
-        np.save(latent_path, latents)
-        print(f"napari-genreg: wrote the latents to {latent_path}", file=sys.stderr)
+        print(f"napari-genreg: wrote the latents to {_latent_path(out)}", file=sys.stderr)
     has_lam = get_method(args.regularizer).has_lam
     for r in slices:
         m = r.result.metrics
@@ -541,10 +548,77 @@ def _check_out_dir(path: Path, flag: str) -> None:
             return
 
 
+class _Staged:
+    """The files of one command, written first into a hidden folder beside their target
+    folder, then moved into it together once all are written (:meth:`publish`): an error or
+    an interruption before that leaves the target folder as it was (the hidden folder is
+    removed on the way out). Made before the work, it also tells an unwritable target early.
+
+    Parameters
+    ----------
+    folder
+        Where the files go (made at :meth:`publish` if missing).
+    names
+        The files that will be written: checked before any work for a folder of the same
+        name, and for an input of the command they would replace.
+    flag, args
+        The option that named the target, and the command's arguments (their input files).
+    """
+
+    def __init__(self, folder: Path, names: Sequence[str], flag: str, args: argparse.Namespace):
+        import tempfile
+
+        self.folder = folder
+        targets = [folder / name for name in names]
+        for target in targets:
+            if target.is_dir():
+                raise ValueError(f"{flag}: {target} is a folder")
+        _refuse_overwriting_inputs(targets, args)
+        anchor = next(part for part in (folder, *folder.parents) if part.exists())
+        try:
+            self.stage = Path(tempfile.mkdtemp(prefix=".napari-genreg-", dir=anchor))
+        except OSError as exc:
+            raise ValueError(f"{flag} {folder}: cannot write there ({exc.strerror})") from exc
+
+    def __enter__(self) -> _Staged:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import shutil
+
+        shutil.rmtree(self.stage, ignore_errors=True)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.stage / name
+
+    def publish(self) -> None:
+        """Move every written file into the target folder."""
+        import os
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for item in sorted(self.stage.iterdir()):
+            os.replace(item, self.folder / item.name)
+
+
+def _refuse_overwriting_inputs(targets: Sequence[Path], args: argparse.Namespace) -> None:
+    """That no output of the command is one of its input files (the k-space or image file, a
+    mask file), under any name (a link, another spelling of the path)."""
+    import os
+
+    inputs = [str(args.input)]
+    if getattr(args, "mask", None) and str(args.mask).lower().endswith(".npy"):
+        inputs.append(str(args.mask))
+    for target in targets:
+        for given in inputs:
+            if target.exists() and Path(given).is_file() and os.path.samefile(target, given):
+                raise ValueError(
+                    f"{target} is the input {given}: writing there would destroy it; choose "
+                    "another output"
+                )
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from napari_genreg import io
-    from napari_genreg.recon import get_method
-    from napari_genreg.report import comparison_figure, metrics_markdown
 
     names = [n.strip() for n in args.regularizers.split(",") if n.strip()]
     if not names:
@@ -553,10 +627,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ValueError(f"--regularizers names a method twice: {args.regularizers}")
     out_dir = Path(args.out_dir)
     _check_out_dir(out_dir, "--out-dir")  # before the work, not after it
-    inputs = _inputs(args)
-    print(f"napari-genreg: mask: {inputs.mask_label}", file=sys.stderr)
-    results, problems = _run(args, inputs, names)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in names if out_dir.is_dir() else ():
+        io.check_target(out_dir / f"{name}.npy")  # a sidecar that is someone else's file
+    files = [f"{name}{suffix}" for name in names for suffix in (".npy", ".json", ".latent.npy")]
+    files += ["mask.npy", "reference.npy", "metrics.json", "metrics.md", "comparison.png"]
+    with _Staged(out_dir, files, "--out-dir", args) as staged:
+        inputs = _inputs(args)
+        print(f"napari-genreg: mask: {inputs.mask_label}", file=sys.stderr)
+        results, problems = _run(args, inputs, names)
+        _write_comparison(staged, args, inputs, results, problems)
+        staged.publish()
+    sys.stderr.write((out_dir / "metrics.md").read_text())
+    print(f"napari-genreg: wrote {out_dir}", file=sys.stderr)
+    return 0
+
+
+def _write_comparison(out_dir: _Staged, args, inputs: Inputs, results, problems) -> None:
+    """The files of ``compare``, into its staging folder."""
+    from napari_genreg import io
+    from napari_genreg.recon import get_method
+    from napari_genreg.report import comparison_figure, metrics_markdown
+
     single = args.slice is not None or inputs.data.n_slices == 1
     records = []
     for name, slices in results.items():
@@ -599,9 +690,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         mask,
         title=f"{args.input} slice {inputs.slices[figure_slice]}: {inputs.mask_label}",
     )
-    sys.stderr.write((out_dir / "metrics.md").read_text())
-    print(f"napari-genreg: wrote {out_dir}", file=sys.stderr)
-    return 0
 
 
 @dataclass(frozen=True)
@@ -716,15 +804,34 @@ def _inspected_from_input(args: argparse.Namespace) -> _Inspected:
 
 
 def cmd_covariance(args: argparse.Namespace) -> int:
+    if args.window is not None and args.window < 1:
+        raise ValueError(f"--window must be positive, got {args.window}")
+    out = Path(args.out)
+    _check_out_dir(out, "--out")
+    with _Staged(out, _COVARIANCE_FILES, "--out", args) as staged:
+        _covariance(args, staged)
+        staged.publish()
+    print(f"napari-genreg: wrote {out}", file=sys.stderr)
+    return 0
+
+
+#: The files ``covariance`` writes.
+_COVARIANCE_FILES = (
+    *(f"{name}.npy" for name in ("column", "positive", "negative", "correlation", "variance")),
+    *(f"{name}.npy" for name in ("mean", "samples", "reconstruction")),
+    "covariance.json",
+    "covariance.png",
+)
+
+
+def _covariance(args: argparse.Namespace, out: _Staged) -> None:
+    """The work of ``covariance``, its files into its staging folder."""
     import torch
 
     from napari_genreg import io
     from napari_genreg.recon.covariance import covariance_figure, inspect_covariance
     from napari_genreg.recon.generative import load_prior_model
 
-    if args.window is not None and args.window < 1:
-        raise ValueError(f"--window must be positive, got {args.window}")
-    _check_out_dir(Path(args.out), "--out")
     source = Path(args.input)
     # (an .h5 result is not opened here: HDF5 is read in a child only; give its folder)
     saved = None if source.is_dir() else io.stored_settings(source)
@@ -756,8 +863,6 @@ def cmd_covariance(args: argparse.Namespace) -> int:
         view = view.window(args.window)
         r0, c0 = row - view.pixel[0], col - view.pixel[1]
         background = background[r0 : r0 + view.shape[0], c0 : c0 + view.shape[1]]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     for name, array in view.arrays().items():
         np.save(out / f"{name}.npy", array.astype(np.float32))
     np.save(out / "reconstruction.npy", np.ascontiguousarray(background, dtype=np.float32))
@@ -784,8 +889,6 @@ def cmd_covariance(args: argparse.Namespace) -> int:
         background,
         title=f"{item.regularizer}: covariance with pixel ({row}, {col})",
     )
-    print(f"napari-genreg: wrote {out}", file=sys.stderr)
-    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -869,10 +972,49 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a scheduler's stop, a closed terminal), handled as Ctrl-C: the
+    commands' clean-up runs (temporary files, a training's last checkpoint)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated(signum)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that failed (NumPy's MemoryError, torch's CPU
+    allocator's RuntimeError, a GPU's out-of-memory error)."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError)
+        and ("can't allocate memory" in text or "out of memory" in text)
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-genreg`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    import signal
+
+    handled = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+    previous = {signum: signal.signal(signum, _terminate) for signum in handled}
+    command = "napari-genreg"
+    try:
+        args = build_parser().parse_args(argv)  # (imports torch: a second or more)
+        command = f"napari-genreg {args.command}"
+        return _run_command(args)
+    except (KeyboardInterrupt, _Terminated) as stop:
+        print(f"{command}: cancelled; nothing was written", file=sys.stderr)
+        return 128 + stop.signum if isinstance(stop, _Terminated) else 130
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     commands = {
         "reconstruct": cmd_reconstruct,
         "compare": cmd_compare,
@@ -889,9 +1031,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, ReadError, WriteError, ReconstructionError, OSError) as exc:
         print(f"napari-genreg {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"napari-genreg {args.command}: cancelled; nothing was written", file=sys.stderr)
-        return 130
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(
+            f"napari-genreg {args.command}: error: out of memory ({said}); nothing was "
+            "written: try a smaller input (--slice, --virtual-coils) or another --device",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":
