@@ -412,4 +412,14 @@ def test_a_line_mask_that_samples_no_line_says_so(name):
     the draw keeps none: an error naming the mask and the acceleration, not an empty mask."""
     with pytest.raises(ValueError, match=f"the {name} mask at 1000x samples none of the 128"):
         make_mask(name, (128, 128), acceleration=1000)
-    assert make_mask("gaussian1d", (128, 128), acceleration=1000).any()  # one line, exactly
+
+
+@pytest.mark.parametrize("name", sorted(MASKS))
+def test_an_acceleration_beyond_one_sample_is_refused(name):
+    """Above as many times as there are points (2-D) or lines (1-D) a mask samples less than
+    one: refused, naming mask and acceleration (gaussian1d kept one line, the 2-D masks one
+    point, and a reconstruction from it was written as a result)."""
+    points = 16 if MASKS[name].sampling_dims == 1 else 16 * 16
+    with pytest.raises(ValueError, match=rf"the {name} mask at {2 * points}x "):
+        make_mask(name, (16, 16), acceleration=2 * points, center_fraction=0.0)
+    make_mask(name, (16, 16), acceleration=points / 2, center_fraction=0.0, seed=1)

@@ -256,6 +256,13 @@ class MaskFunction(abc.ABC):
         mask = np.asarray(self._draw(shape, rng), dtype=bool)
         if mask.shape != shape:
             raise RuntimeError(f"{type(self).__name__} drew shape {mask.shape}, not {shape}")
+        points, unit = (shape[1], "kx lines") if self.sampling_dims == 1 else (mask.size, "points")
+        if points / self.acceleration < 1:  # what was drawn is no sampling at this acceleration
+            raise ValueError(
+                f"the {self.name} mask at {self.acceleration:g}x asks for "
+                f"{points / self.acceleration:.3g} of the {points} k-space {unit}, fewer than "
+                "one: lower the acceleration"
+            )
         return mask | self.center_mask(shape)
 
     def center_mask(self, shape: tuple[int, int]) -> np.ndarray:
