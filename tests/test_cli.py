@@ -166,6 +166,10 @@ def test_the_weights_of_methods_without_one_are_not_shown_as_zero(tmp_path, caps
     assert main(["reconstruct", "sample:brain", "--regularizer", "zero-filled", "--out",
                  str(tmp_path / "zf.npy"), "--quiet"]) == 0  # fmt: skip
     assert "lam=" not in capsys.readouterr().err
+    # a weight given to a method without one is said to be unused
+    argv = ["compare", "sample:brain", "--regularizers", "zero-filled,tv", "--lam", "5"]
+    assert main([*argv, "--iterations", "2", "--out-dir", str(tmp_path / "c2"), "--quiet"]) == 0
+    assert "--lam 5 is not used by zero-filled" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -287,3 +291,13 @@ def test_sigterm_is_a_cancel_that_cleans_up(tmp_path, monkeypatch, capsys):
     assert main(["reconstruct", "sample:brain", "--out", "x.npy", "--quiet"]) == 143
     assert "cancelled; nothing was written" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [] and signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_mask_file_that_is_no_array_is_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "text.npy").write_text("not an array")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for name, message in [("text.npy", "no NumPy magic string"), ("objects.npy", "never loaded")]:
+        assert main(["reconstruct", "sample:brain", "--mask", name, "--out", "x.npy"]) == 2
+        err = capsys.readouterr().err
+        assert f"--mask {name}: " in err and message in err and "allow_pickle" not in err

@@ -213,3 +213,42 @@ def test_covariance_on_a_folder_whose_settings_are_gone_says_so(compared, tmp_pa
         main(["covariance", str(folder), "--pixel", "60", "70", "--out", str(tmp_path / "c")]) == 2
     )
     assert "no settings sidecar vae-structured.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "latent, message",
+    [
+        (np.full((4, 16, 16), np.nan, np.float32), "holds NaN or infinite values"),
+        (np.zeros((4, 8, 8), np.float32), "is no latent of this 128 x 128 reconstruction"),
+        (np.zeros((3, 16, 16), np.float32), "is no latent of this 128 x 128 reconstruction"),
+        (np.zeros((16, 16), np.float32), "a latent is a float array"),
+        (b"truncated", "not a readable latent array"),
+    ],
+)
+def test_a_bad_saved_latent_is_named(compared, tmp_path, capsys, latent, message):
+    """A compare folder whose latent file was damaged or replaced: a message naming it (not
+    a triangular solve growing by nan, nor a crop that fails)."""
+    import shutil
+
+    folder = tmp_path / "cmp"
+    shutil.copytree(compared, folder)
+    target = folder / "vae-structured.latent.npy"
+    if isinstance(latent, bytes):
+        target.write_bytes(np.load(target).tobytes()[:10])
+    else:
+        np.save(target, latent)
+    code = main(["covariance", str(folder), "--pixel", "60", "70", "--out", str(tmp_path / "c")])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_model_folder_without_its_weights_is_named(model_dir, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    (broken / "model.safetensors").unlink()
+    code = main(["reconstruct", "sample:brain", "--regularizer", "vae-structured", "--model",
+                 str(broken), "--iterations", "1", "--out", str(tmp_path / "r.npy")])  # fmt: skip
+    assert code == 2
+    assert "is no complete model: model.safetensors is missing" in capsys.readouterr().err

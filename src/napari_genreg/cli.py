@@ -280,8 +280,15 @@ def _mask(args: argparse.Namespace, data) -> tuple[np.ndarray | None, str]:
         raise ValueError(
             f"--mask {args.mask!r} is neither a mask name ({', '.join(MASKS)}) nor a .npy file"
         )
+    with path.open("rb") as f:
+        if f.read(6) != b"\x93NUMPY":  # (np.load would speak of pickles and allow_pickle)
+            raise ValueError(f"--mask {path}: not a NumPy .npy file (no NumPy magic string)")
     try:
         raw = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" not in str(exc):
+            raise ValueError(f"{path}: not a readable .npy mask ({exc})") from exc
+        raise ValueError(f"--mask {path}: holds Python objects, which are never loaded") from exc
     except Exception as exc:
         raise ValueError(f"{path}: not a readable .npy mask ({exc})") from exc
     try:
@@ -441,15 +448,20 @@ def _run_methods(args: argparse.Namespace, inputs: Inputs, names: Sequence[str])
 
 
 def _model_notes(args: argparse.Namespace, methods, problem) -> list[str]:
-    """Lines on the models the methods use: a ``--model`` no method uses, and a prior trained
-    on images of another size than this input's (it knows anatomy at its own field of view)."""
+    """Lines on the settings the methods use: a ``--lam`` of methods without a weight, a
+    ``--model`` no method uses, and a prior trained on images of another size than this
+    input's (it knows anatomy at its own field of view)."""
     from napari_genreg.recon.generative import prior_size_notes
 
+    lines = []
+    unweighted = [m.name for m in methods if not m.has_lam]
+    if getattr(args, "lam", None) is not None and unweighted:
+        lines.append(f"napari-genreg: --lam {args.lam:g} is not used by {', '.join(unweighted)}")
     if getattr(args, "model", None) is not None and all(m.model_format is None for m in methods):
         names = ", ".join(m.name for m in methods)
-        return [f"napari-genreg: --model {args.model} is not used by {names}"]
+        return [*lines, f"napari-genreg: --model {args.model} is not used by {names}"]
     notes = prior_size_notes([m.name for m in methods], problem.shape)
-    return [f"napari-genreg: {note}" for note in notes]
+    return [*lines, *(f"napari-genreg: {note}" for note in notes)]
 
 
 def _describe(data, problem) -> str:
@@ -757,7 +769,17 @@ def _inspected_from_saved(args: argparse.Namespace, image_path: Path, settings) 
             f"model {settings['model']}, and a latent means nothing to another model; leave "
             "--model out"
         )
-    latents = np.load(latent_path, allow_pickle=False)
+    try:
+        latents = np.load(latent_path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{latent_path}: not a readable latent array ({exc})") from exc
+    if latents.dtype.kind != "f" or latents.ndim not in (3, 4):
+        raise ValueError(
+            f"{latent_path}: a latent is a float array (c, h, w) or (slices, c, h, w), found "
+            f"{latents.dtype} {latents.shape}"
+        )
+    if not np.all(np.isfinite(latents)):
+        raise ValueError(f"{latent_path}: the latent holds NaN or infinite values")
     images = io.read(image_path).reference
     slices = list(settings.get("slices", [0]))
     if latents.ndim == 3:  # one slice (the images are read as (N, H, W) always)
@@ -845,6 +867,13 @@ def _covariance(args: argparse.Namespace, out: _Staged) -> None:
     factor = model.config.factor
     grid = (item.latent.shape[-2] * factor, item.latent.shape[-1] * factor)
     h, w = item.image.shape
+    channels = model.config.latent_channels
+    if item.latent.shape[0] != channels or grid[0] < h or grid[1] < w:
+        raise ValueError(
+            f"the latent {tuple(item.latent.shape)} is no latent of this {h} x {w} "
+            f"reconstruction for the model {item.model} ({channels} channels, decoding "
+            f"{factor} pixels per latent pixel)"
+        )
     row, col = args.pixel
     if not (0 <= row < h and 0 <= col < w):
         raise ValueError(f"--pixel {row} {col} lies outside the {h} x {w} reconstruction")

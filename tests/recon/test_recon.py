@@ -164,6 +164,18 @@ def test_bad_masks_are_refused_with_a_clear_message(brain, mask, message):
         build_problem(data, mask)
 
 
+@pytest.mark.parametrize("shape", [(6, 6), (1, 128), (128, 7)])
+def test_images_below_eight_pixels_a_side_are_refused(shape):
+    """(SSIM's 7 x 7 window failed with scikit-image's message after the whole run.)"""
+    image = np.random.default_rng(0).random(shape).astype(np.float32) + 1
+    data = simulate_kspace(image[None], source="tiny")
+    with pytest.raises(ValueError, match=rf"tiny: the image is {shape[0]} x {shape[1]} pixels"):
+        build_problem(data, np.ones(shape, dtype=bool))
+    build_problem(
+        simulate_kspace(np.ones((8, 8), np.float32)[None], source="t"), np.ones((8, 8), bool)
+    )
+
+
 def test_unknown_method_and_bad_iterations(brain, poisson_mask):
     problem = _problem(brain, poisson_mask)
     with pytest.raises(ValueError, match=r"unknown regulariser .nope.*tv"):

@@ -449,3 +449,17 @@ def test_distributed_data_parallel_with_two_cpu_processes(prepared, tmp_path):
         assert torch.allclose(tensor, reference[name], atol=1e-5), name
     history = card.metrics["history"]
     assert history[-1]["val_bits_per_dim"] == pytest.approx(states[-1].val_bits_per_dim, rel=1e-5)
+
+
+def test_a_loss_that_stops_being_finite_says_what_is_kept(prepared, tmp_path, capsys, monkeypatch):
+    import napari_genreg.training.train as module
+
+    def diverging(config):
+        raise FloatingPointError("the training loss of epoch 1 is not finite")
+        yield  # a generator, as train is
+
+    monkeypatch.setattr(module, "train", diverging)
+    out = tmp_path / "m"
+    assert main(["--data", str(prepared), "--covariance", "diagonal", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "epoch 1 is not finite" in err and f"{out} holds no epoch (try a smaller --lr)" in err

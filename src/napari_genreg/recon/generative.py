@@ -241,7 +241,11 @@ def load_prior_model(
     returned model is shared: callers must not modify it (the solvers never do).
     """
     directory = resolve_model_dir(spec)
-    stats = [(directory / name).stat() for name in ("config.json", "model.safetensors")]
+    files = [directory / name for name in ("config.json", "model.safetensors")]
+    for file in files:
+        if not file.is_file():  # (its stat raised a bare "[Errno 2] No such file")
+            raise FileNotFoundError(f"{directory} is no complete model: {file.name} is missing")
+    stats = [file.stat() for file in files]
     key = (
         str(directory.resolve()),
         str(torch.device(device)),

@@ -23,6 +23,8 @@ from napari_genreg.physics.phase import lowres_phase
 #: The smallest noise level assumed, relative to the image scale: it keeps the objective's
 #: ``1 / sigma^2`` finite on noiseless (simulated) data and the automatic weights away from 0.
 NOISE_FLOOR = 0.005
+#: The smallest image side reconstructed (SSIM's window is 7 x 7; the priors downsample by 8).
+MIN_SIDE = 8
 
 
 @dataclass(frozen=True, eq=False)
@@ -175,6 +177,11 @@ def build_problem(
     if len(recon_size) != 2 or not all(0 < int(n) for n in recon_size):
         raise ValueError(f"{source}: bad recon size {recon_size}")
     recon_size = (min(int(recon_size[0]), h), min(int(recon_size[1]), w))
+    if min(recon_size) < MIN_SIDE:  # (SSIM's 7 x 7 window failed only after the run)
+        raise ValueError(
+            f"{source}: the image is {recon_size[0]} x {recon_size[1]} pixels; reconstruction "
+            f"needs at least {MIN_SIDE} x {MIN_SIDE}"
+        )
     reference = None if part.reference is None else part.reference[0].astype(np.float32)
     if reference is None and retrospective:
         full = ifft2c(kspace)

@@ -1070,9 +1070,12 @@ def run_train(args: argparse.Namespace) -> int:
             return 130
         except FloatingPointError as exc:
             if main_process:
+                from napari_genreg.models.checkpoint import CONFIG_NAME
+
+                saved = (config.out / CONFIG_NAME).is_file()
+                kept = "keeps the last finite epoch" if saved else "holds no epoch"
                 print(
-                    f"napari-genreg train: error: {exc}; {config.out} keeps the last finite "
-                    "epoch (try a smaller --lr)",
+                    f"napari-genreg train: error: {exc}; {config.out} {kept} (try a smaller --lr)",
                     file=sys.stderr,
                 )
             return 2

@@ -633,9 +633,9 @@ def run_train_vn(args: argparse.Namespace) -> int:
         print(f"napari-genreg train-vn: interrupted; {config.out} holds {done}", file=sys.stderr)
         return 130
     except FloatingPointError as exc:
+        kept = "no epoch" if last is None else "the best finite epoch"
         print(
-            f"napari-genreg train-vn: error: {exc}; {config.out} keeps the best finite epoch "
-            "(try a smaller --lr)",
+            f"napari-genreg train-vn: error: {exc}; {config.out} holds {kept} (try a smaller --lr)",
             file=sys.stderr,
         )
         return 2
