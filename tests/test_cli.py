@@ -142,8 +142,13 @@ def test_output_that_cannot_be_written_fails_before_the_work(tmp_path, monkeypat
          "--out-dir taken.npy/d: taken.npy is a file, not a folder"),
         (["covariance", "sample:brain", "--pixel", "60", "60", "--out", "taken.npy"],
          "--out taken.npy: taken.npy is a file, not a folder"),
+        (["prepare-data", "--source", "nowhere", "--validation", "x", "--out", "taken.npy"],
+         "--out taken.npy: taken.npy is a file, not a folder"),
+        (["train", "--data", "nowhere", "--covariance", "diagonal", "--out", "taken.npy"],
+         "--out taken.npy: taken.npy is a file, not a folder"),
     ]:  # fmt: skip
-        assert main([*argv, "--quiet"]) == 2
+        quiet = ["--quiet"] if argv[0] in ("reconstruct", "compare", "covariance") else []
+        assert main([*argv, *quiet]) == 2
         err = capsys.readouterr().err
         assert message in err and "mask:" not in err  # no input was read
 

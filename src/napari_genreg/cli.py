@@ -923,12 +923,14 @@ def _covariance(args: argparse.Namespace, out: _Staged) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from napari_genreg.training.train import run_train
 
+    _check_out_dir(Path(args.out), "--out")
     return run_train(args)  # handles Ctrl-C itself: a run continues with --resume
 
 
 def cmd_train_vn(args: argparse.Namespace) -> int:
     from napari_genreg.training.vn import run_train_vn
 
+    _check_out_dir(Path(args.out), "--out")
     return run_train_vn(args)  # handles Ctrl-C itself: --out keeps the best epoch so far
 
 
@@ -938,6 +940,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     from napari_genreg.training.data import MANIFEST_NAME, MIN_IN_PLANE, prepare_dataset
     from napari_genreg.training.sources import file_sha256, search_builtin_sources, unread_files
 
+    _check_out_dir(Path(args.out), "--out")
     items = args.source or ["builtin"]
     if args.validation is None and "builtin" not in items:
         raise ValueError(

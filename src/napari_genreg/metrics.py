@@ -39,7 +39,8 @@ def psnr(reference: np.ndarray, image: np.ndarray) -> float:
     from skimage.metrics import peak_signal_noise_ratio
 
     ref, img = _check(reference, image)
-    return float(peak_signal_noise_ratio(ref, img, data_range=ref.max()))
+    with np.errstate(divide="ignore"):  # identical images: inf, without numpy's warning
+        return float(peak_signal_noise_ratio(ref, img, data_range=ref.max()))
 
 
 def ssim(reference: np.ndarray, image: np.ndarray) -> float:
