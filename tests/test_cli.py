@@ -306,3 +306,14 @@ def test_a_mask_file_that_is_no_array_is_named(tmp_path, monkeypatch, capsys):
         assert main(["reconstruct", "sample:brain", "--mask", name, "--out", "x.npy"]) == 2
         err = capsys.readouterr().err
         assert f"--mask {name}: " in err and message in err and "allow_pickle" not in err
+
+
+def test_a_4d_nifti_says_which_volume_is_reconstructed(tmp_path, capsys):
+    import nibabel as nib
+
+    path = tmp_path / "series.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((32, 32, 2, 3), np.float32), np.eye(4)), path)
+    out = tmp_path / "r.npy"
+    assert main(["reconstruct", str(path), "--regularizer", "zero-filled", "--out", str(out),
+                 "--quiet"]) == 0  # fmt: skip
+    assert "the first volume of a 4-D file (32x32x2x3)" in capsys.readouterr().err

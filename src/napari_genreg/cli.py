@@ -488,6 +488,10 @@ def _describe(data, problem) -> str:
         "retrospectively undersampled" if problem.retrospective else "undersampled in the file",
         noise,
     ]
+    shape = data.meta.extra.get("original_shape")
+    if data.meta.extra.get("volume_index") and shape:  # a 4-D (or more) NIfTI file
+        dims = "x".join(str(n) for n in shape)
+        parts.append(f"the first volume of a {len(shape)}-D file ({dims})")
     if problem.whitened:
         parts.append("coil-whitened with the file's noise covariance")
     if problem.recon_size != problem.shape:
