@@ -142,6 +142,8 @@ def test_output_that_cannot_be_written_fails_before_the_work(tmp_path, monkeypat
          "--out-dir taken.npy/d: taken.npy is a file, not a folder"),
         (["covariance", "sample:brain", "--pixel", "60", "60", "--out", "taken.npy"],
          "--out taken.npy: taken.npy is a file, not a folder"),
+        (["covariance", "sample:brain", "--pixel", "60", "60", "--samples", "100000", "--out",
+          "c"], "--samples must lie in 0..64, got 100000"),
         (["prepare-data", "--source", "nowhere", "--validation", "x", "--out", "taken.npy"],
          "--out taken.npy: taken.npy is a file, not a folder"),
         (["train", "--data", "nowhere", "--covariance", "diagonal", "--out", "taken.npy"],

@@ -31,6 +31,8 @@ import numpy as np
 from napari_genreg import __version__
 
 SAMPLE_PREFIX = "sample:"
+#: The most samples ``covariance`` draws (the Covariance Inspector's limit too).
+MAX_SAMPLES = 64
 #: ``covariance --regularizer``'s default.
 _INSPECTED_BY_DEFAULT = "vae-structured"
 #: The flags of :func:`_add_common` that say how to reconstruct: unused by ``covariance`` on a
@@ -160,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--window", type=int, default=None,
         help="crop the written maps to a W x W window around the pixel",
     )  # fmt: skip
-    cov.add_argument("--samples", type=int, default=4, help="samples to draw (default 4)")
+    cov.add_argument(
+        "--samples", type=int, default=4, help=f"samples to draw (default 4, at most {MAX_SAMPLES})"
+    )
 
     from napari_genreg.training.train import add_train_arguments
 
@@ -832,6 +836,8 @@ def _inspected_from_input(args: argparse.Namespace) -> _Inspected:
 def cmd_covariance(args: argparse.Namespace) -> int:
     if args.window is not None and args.window < 1:
         raise ValueError(f"--window must be positive, got {args.window}")
+    if not 0 <= args.samples <= MAX_SAMPLES:  # (100000 of them took 8 GB before a word)
+        raise ValueError(f"--samples must lie in 0..{MAX_SAMPLES}, got {args.samples}")
     out = Path(args.out)
     _check_out_dir(out, "--out")
     with _Staged(out, _COVARIANCE_FILES, "--out", args) as staged:

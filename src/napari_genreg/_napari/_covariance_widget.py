@@ -184,7 +184,7 @@ class CovarianceWidget(QWidget):
         self.variance_check = QCheckBox("variance map")
         self.samples_check = QCheckBox("prior samples")
         self.samples_spin = QSpinBox()
-        self.samples_spin.setRange(1, 64)
+        self.samples_spin.setRange(1, 64)  # as the command line (cli.MAX_SAMPLES)
         self.samples_spin.setValue(inspector.DEFAULT_SAMPLES)
         self.samples_spin.setToolTip("Number of samples x ~ N(mean, covariance) at the latent")
         form.addRow(self.click_check)
