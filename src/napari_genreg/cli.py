@@ -19,10 +19,11 @@ scale in their settings; ``--model DIR`` makes them use another model.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -930,18 +931,32 @@ def _covariance(args: argparse.Namespace, out: _Staged) -> None:
     )
 
 
+@contextlib.contextmanager
+def _no_empty_folder_left(folder: Path) -> Iterator[None]:
+    """Remove ``folder`` afterwards if the command made it and left it empty (it failed or
+    was cancelled before writing anything there)."""
+    made = not folder.exists()
+    try:
+        yield
+    finally:
+        if made and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from napari_genreg.training.train import run_train
 
     _check_out_dir(Path(args.out), "--out")
-    return run_train(args)  # handles Ctrl-C itself: a run continues with --resume
+    with _no_empty_folder_left(Path(args.out)):
+        return run_train(args)  # handles Ctrl-C itself: a run continues with --resume
 
 
 def cmd_train_vn(args: argparse.Namespace) -> int:
     from napari_genreg.training.vn import run_train_vn
 
     _check_out_dir(Path(args.out), "--out")
-    return run_train_vn(args)  # handles Ctrl-C itself: --out keeps the best epoch so far
+    with _no_empty_folder_left(Path(args.out)):
+        return run_train_vn(args)  # handles Ctrl-C itself: --out keeps the best epoch so far
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
@@ -994,14 +1009,15 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
         planes = ", ".join(plane_count(record, plane) for plane in record.slices)
         print(f"{record.name}: {record.split}; slices {planes}; {record.licence}", file=sys.stderr)
 
-    manifest = prepare_dataset(
-        sources,
-        args.out,
-        size=args.size,
-        validation=tuple(args.validation or ("colin27",)),
-        min_foreground=args.min_foreground,
-        on_source=report,
-    )
+    with _no_empty_folder_left(Path(args.out)):
+        manifest = prepare_dataset(
+            sources,
+            args.out,
+            size=args.size,
+            validation=tuple(args.validation or ("colin27",)),
+            min_foreground=args.min_foreground,
+            on_source=report,
+        )
     counts = manifest.counts()
     recorded = file_sha256(Path(args.out) / MANIFEST_NAME)
     print(

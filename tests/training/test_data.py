@@ -558,3 +558,13 @@ def test_prepare_data_says_what_it_did_not_use(tmp_path, volumes, capsys):
     assert "sagittal 0 (under 32 voxels in its plane)" in lines["thin"]
     assert "axial 0" not in lines["thin"]
     assert "coronal 0 of 40 (each under --min-foreground)" in lines["disc"]
+
+
+def test_a_failed_preparation_leaves_no_empty_folder(tmp_path, capsys):
+    from napari_genreg.cli import main
+
+    (tmp_path / "text.nii").write_text("not a volume")
+    out = tmp_path / "prepared"
+    argv = ["prepare-data", "--source", str(tmp_path / "text.nii"), "--validation", "text"]
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "text.nii" in capsys.readouterr().err and not out.exists()

@@ -453,13 +453,17 @@ def test_distributed_data_parallel_with_two_cpu_processes(prepared, tmp_path):
 
 def test_a_loss_that_stops_being_finite_says_what_is_kept(prepared, tmp_path, capsys, monkeypatch):
     import napari_genreg.training.train as module
+    from napari_genreg.cli import main as cli_main
 
     def diverging(config):
+        config.out.mkdir()  # as train does before its first epoch
         raise FloatingPointError("the training loss of epoch 1 is not finite")
         yield  # a generator, as train is
 
     monkeypatch.setattr(module, "train", diverging)
     out = tmp_path / "m"
-    assert main(["--data", str(prepared), "--covariance", "diagonal", "--out", str(out)]) == 2
+    argv = ["train", "--data", str(prepared), "--covariance", "diagonal", "--out", str(out)]
+    assert cli_main(argv) == 2
     err = capsys.readouterr().err
     assert "epoch 1 is not finite" in err and f"{out} holds no epoch (try a smaller --lr)" in err
+    assert not out.exists()  # the folder it made, left empty, is gone
