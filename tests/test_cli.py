@@ -304,7 +304,10 @@ def test_a_mask_file_that_is_no_array_is_named(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "text.npy").write_text("not an array")
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    for name, message in [("text.npy", "no NumPy magic string"), ("objects.npy", "never loaded")]:
+    for name, message in [
+        ("text.npy", "no NumPy magic string"),
+        ("objects.npy", "refusing to unpickle"),
+    ]:
         assert main(["reconstruct", "sample:brain", "--mask", name, "--out", "x.npy"]) == 2
         err = capsys.readouterr().err
         assert f"--mask {name}: " in err and message in err and "allow_pickle" not in err

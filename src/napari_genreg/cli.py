@@ -254,6 +254,7 @@ def _load(args: argparse.Namespace):
 
 
 def _mask(args: argparse.Namespace, data) -> tuple[np.ndarray | None, str]:
+    from napari_genreg.io import ReadError, load_npy
     from napari_genreg.physics.masks import (
         MASKS,
         ONE_D,
@@ -285,17 +286,10 @@ def _mask(args: argparse.Namespace, data) -> tuple[np.ndarray | None, str]:
         raise ValueError(
             f"--mask {args.mask!r} is neither a mask name ({', '.join(MASKS)}) nor a .npy file"
         )
-    with path.open("rb") as f:
-        if f.read(6) != b"\x93NUMPY":  # (np.load would speak of pickles and allow_pickle)
-            raise ValueError(f"--mask {path}: not a NumPy .npy file (no NumPy magic string)")
     try:
-        raw = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        if "pickle" not in str(exc):
-            raise ValueError(f"{path}: not a readable .npy mask ({exc})") from exc
-        raise ValueError(f"--mask {path}: holds Python objects, which are never loaded") from exc
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable .npy mask ({exc})") from exc
+        raw = load_npy(path)  # checked as the input files are (np.load spoke of allow_pickle)
+    except ReadError as exc:
+        raise ValueError(f"--mask {path}: {exc.problem}") from exc
     try:
         mask = validate_mask(raw, shape)
     except ValueError as exc:
@@ -573,7 +567,8 @@ class _Staged:
     """The files of one command, written first into a hidden folder beside their target
     folder, then moved into it together once all are written (:meth:`publish`): an error or
     an interruption before that leaves the target folder as it was (the hidden folder is
-    removed on the way out). Made before the work, it also tells an unwritable target early.
+    removed on the way out). Made before the work, it also tells early a target that cannot
+    be a folder (:func:`_check_out_dir`) or cannot be written.
 
     Parameters
     ----------
@@ -589,6 +584,7 @@ class _Staged:
     def __init__(self, folder: Path, names: Sequence[str], flag: str, args: argparse.Namespace):
         import tempfile
 
+        _check_out_dir(folder, flag)
         self.folder = folder
         targets = [folder / name for name in names]
         for target in targets:
@@ -647,7 +643,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise ValueError(f"--regularizers names a method twice: {args.regularizers}")
     out_dir = Path(args.out_dir)
-    _check_out_dir(out_dir, "--out-dir")  # before the work, not after it
     for name in names if out_dir.is_dir() else ():
         io.check_target(out_dir / f"{name}.npy")  # a sidecar that is someone else's file
     files = [f"{name}{suffix}" for name in names for suffix in (".npy", ".json", ".latent.npy")]
@@ -656,15 +651,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         inputs = _inputs(args)
         print(f"napari-genreg: mask: {inputs.mask_label}", file=sys.stderr)
         results, problems = _run(args, inputs, names)
-        _write_comparison(staged, args, inputs, results, problems)
+        table = _write_comparison(staged, args, inputs, results, problems)
         staged.publish()
-    sys.stderr.write((out_dir / "metrics.md").read_text())
+    sys.stderr.write(table)
     print(f"napari-genreg: wrote {out_dir}", file=sys.stderr)
     return 0
 
 
-def _write_comparison(out_dir: _Staged, args, inputs: Inputs, results, problems) -> None:
-    """The files of ``compare``, into its staging folder."""
+def _write_comparison(out_dir: _Staged, args, inputs: Inputs, results, problems) -> str:
+    """The files of ``compare``, into its staging folder; the metrics table."""
     from napari_genreg import io
     from napari_genreg.recon import get_method
     from napari_genreg.report import comparison_figure, metrics_markdown
@@ -702,7 +697,8 @@ def _write_comparison(out_dir: _Staged, args, inputs: Inputs, results, problems)
         ref = np.stack(references).astype(np.float32)
         np.save(out_dir / "reference.npy", ref[0] if single else ref)
     (out_dir / "metrics.json").write_text(json.dumps(records, indent=2) + "\n")
-    (out_dir / "metrics.md").write_text(metrics_markdown(records, inputs.mask_label))
+    table = metrics_markdown(records, inputs.mask_label)
+    (out_dir / "metrics.md").write_text(table)
     figure_slice = len(inputs.slices) // 2
     comparison_figure(
         out_dir / "comparison.png",
@@ -711,6 +707,7 @@ def _write_comparison(out_dir: _Staged, args, inputs: Inputs, results, problems)
         mask,
         title=f"{args.input} slice {inputs.slices[figure_slice]}: {inputs.mask_label}",
     )
+    return table
 
 
 @dataclass(frozen=True)
@@ -779,9 +776,9 @@ def _inspected_from_saved(args: argparse.Namespace, image_path: Path, settings) 
             "--model out"
         )
     try:
-        latents = np.load(latent_path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"{latent_path}: not a readable latent array ({exc})") from exc
+        latents = io.load_npy(latent_path)
+    except io.ReadError as exc:
+        raise ValueError(f"{latent_path}: not a readable latent array ({exc.problem})") from exc
     if latents.dtype.kind != "f" or latents.ndim not in (3, 4):
         raise ValueError(
             f"{latent_path}: a latent is a float array (c, h, w) or (slices, c, h, w), found "
@@ -840,7 +837,6 @@ def cmd_covariance(args: argparse.Namespace) -> int:
     if not 0 <= args.samples <= MAX_SAMPLES:  # (100000 of them took 8 GB before a word)
         raise ValueError(f"--samples must lie in 0..{MAX_SAMPLES}, got {args.samples}")
     out = Path(args.out)
-    _check_out_dir(out, "--out")
     with _Staged(out, _COVARIANCE_FILES, "--out", args) as staged:
         _covariance(args, staged)
         staged.publish()
@@ -1064,7 +1060,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)  # (imports torch: a second or more)
         command = f"napari-genreg {args.command}"
         return _run_command(args)
-    except (KeyboardInterrupt, _Terminated) as stop:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM/SIGHUP (_Terminated)
         print(f"{command}: cancelled; nothing was written", file=sys.stderr)
         return 128 + stop.signum if isinstance(stop, _Terminated) else 130
     finally:

@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 
 from ._common import Reader, check_read_args, match_extension
-from .arrays import read_npy, read_npz
+from .arrays import load_npy, read_npy, read_npz
 from .errors import ReadError, WriteError
 from .fastmri import read_fastmri
 from .hdf5 import read_h5
@@ -57,6 +57,7 @@ __all__ = [
     "WriteError",
     "check_target",
     "is_hdf5_path",
+    "load_npy",
     "read",
     "read_dicom",
     "read_fastmri",

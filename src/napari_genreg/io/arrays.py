@@ -57,6 +57,23 @@ def read_npy(
         unsupported dtype or shape, or NaN/infinite values.
     """
     path = checked_path(path, noise_sigma, seed)
+    array = load_npy(path)
+    with parse_boundary(path, "not a valid .npy file"):
+        return _from_array(array, path, noise_sigma=noise_sigma, seed=seed, extra={"format": "npy"})
+
+
+def load_npy(path: str | os.PathLike[str]) -> np.ndarray:
+    """The array of an untrusted ``.npy`` file (a mask, a latent, k-space), read safely: the
+    magic string and the header are checked, object arrays refused before any byte of data is
+    read, the declared size compared with the file's.
+
+    Raises
+    ------
+    ReadError
+        Naming the file: not a ``.npy`` file, an unsupported dtype (objects among them), a
+        file shorter than its header declares, or corrupt data.
+    """
+    path = Path(path)
     with parse_boundary(path, "not a valid .npy file"):
         with path.open("rb") as f:
             if f.read(6) != b"\x93NUMPY":
@@ -65,8 +82,7 @@ def read_npy(
             dtype, shape, data_offset = _read_header(f, path, "")
             check_file_size(path, data_offset + _nbytes(dtype, shape), ".npy file")
             f.seek(0)
-            array = np.lib.format.read_array(f, allow_pickle=False)
-        return _from_array(array, path, noise_sigma=noise_sigma, seed=seed, extra={"format": "npy"})
+            return np.lib.format.read_array(f, allow_pickle=False)
 
 
 def read_npz(
